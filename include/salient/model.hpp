@@ -1,0 +1,89 @@
+#pragma once
+// Model: a TorchScript classifier that can run batches and hand out the output of
+// any module ("tap") inside the autograd graph, without any change to the model.
+//
+//   salient::Model model = salient::Model::load("resnet50.pt");
+//   for (const auto& l : model.layers({3, 224, 224}))
+//     std::cout << l.path << " " << l.kind << "\n";                  // layer4, layer4.2.conv3, ...
+//   auto out = model.forward(x, {"layer4"}, salient::Autograd::FromTaps);
+//   auto g = torch::autograd::grad({out.output.select(1, 3).sum()}, {out.taps[0]})[0];
+//
+// The model runs in eval mode during every call (the flags of the caller's module are
+// restored afterwards). Parameters are never differentiated: Model::load freezes them,
+// and no method asks autograd for a parameter gradient.
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace torch {
+namespace jit {
+struct Module;
+}  // namespace jit
+}  // namespace torch
+
+namespace salient {
+
+// How much autograd graph a forward builds.
+enum class Autograd {
+  Off,       // inference only: no graph at all
+  Full,      // graph from whatever requires grad (the input, usually) to the output
+  FromTaps,  // tapped outputs become graph leaves: a backward from the output stops there,
+             // and nothing before the taps is recorded (Grad-CAM's minimal cost)
+};
+
+struct LayerInfo {
+  std::string path;            // module path: "features.10", "layer4.1.conv2", "body"
+  std::string kind;            // module class: "Conv2d", "ReLU", "Sequential"
+  std::string op;              // op producing the output: "aten::relu"; empty when untappable
+  std::vector<int64_t> shape;  // output shape for the probe input (batch 1); empty if none
+  bool tappable() const { return !op.empty(); }
+};
+
+struct ForwardResult {
+  at::Tensor output;              // [N, classes]
+  std::vector<at::Tensor> taps;   // one per requested layer, in request order
+};
+
+class Model {
+ public:
+  // Loads a TorchScript file (torch.jit.trace or torch.jit.script output).
+  static Model load(const std::string& path);
+  // Wraps a module the caller owns: its parameters and flags are left as they are.
+  static Model from_module(const torch::jit::Module& module, const std::string& name = "module");
+
+  // Runs a batch [N, C, H, W]; taps are module paths, their outputs come back in order.
+  ForwardResult forward(const at::Tensor& x, const std::vector<std::string>& taps = {},
+                        Autograd autograd = Autograd::Off) const;
+  at::Tensor predict(const at::Tensor& x) const { return forward(x).output; }
+
+  // All modules in definition order, with the output shape for a zero input of
+  // shape [1, input_shape...] (input_shape is [C, H, W]).
+  std::vector<LayerInfo> layers(const std::vector<int64_t>& input_shape) const;
+  // Paths whose output can be tapped (no probe run needed).
+  std::vector<std::string> tappable_layers() const;
+  // The last module whose output is 4-D with spatial size > 1 (outermost of those
+  // sharing that output), as TorchCAM and tf-keras-vis choose. Throws if none.
+  std::string default_cam_layer(const std::vector<int64_t>& input_shape) const;
+  // Checks that `path` names a tappable module; the error lists the closest names.
+  void check_layer(const std::string& path) const;
+
+  // Input channels of the first convolution or linear layer, or -1 when unknown.
+  int64_t input_channels() const;
+  // Estimated bytes one sample of shape [C, H, W] needs for a forward and backward;
+  // methods divide their memory budget by it to size chunks.
+  int64_t bytes_per_sample(const std::vector<int64_t>& input_shape) const;
+
+  const std::string& name() const;
+  torch::jit::Module& module() const;
+
+  struct Impl;
+
+ private:
+  explicit Model(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace salient

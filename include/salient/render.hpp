@@ -1,0 +1,48 @@
+#pragma once
+// From raw maps to pictures: reduce channels, normalise, colour, overlay, panels.
+// Methods never normalise; this is the only place that does.
+//
+//   cv::Mat m = salient::render::reduce(a.map[0], salient::render::Reduce::MaxAbs);  // H x W float
+//   cv::Mat u = salient::render::normalize(m, salient::render::Normalize::Percentile);  // [0,1]
+//   cv::Mat heat = salient::render::colorize(u, salient::render::Colormap::Jet);      // RGB
+//   cv::Mat view = salient::render::overlay(image_rgb, heat, 0.5);
+#include <ATen/core/Tensor.h>
+#include <opencv2/core.hpp>
+
+#include <string>
+#include <vector>
+
+namespace salient {
+namespace render {
+
+enum class Reduce { MaxAbs, AbsSum, Sum };
+enum class Normalize { MinMax, Percentile };
+enum class Colormap { Jet, Viridis, Inferno, Turbo };
+
+Reduce reduce_from_string(const std::string& s);        // max-abs | abs-sum | sum
+Colormap colormap_from_string(const std::string& s);    // jet | viridis | inferno | turbo
+const char* to_string(Colormap c);
+
+// One sample [C,H,W] (or [H,W]) to an H x W CV_32F map: max |.| over channels (Simonyan
+// et al., tf-keras-vis), sum of |.|, or plain sum.
+cv::Mat reduce(const at::Tensor& map, Reduce how);
+// To [0,1]. MinMax: (m - min) / (max - min). Percentile: values clipped to
+// [0, percentile(m)] then divided by it (for non-negative maps; negatives become 0).
+// A constant map (or one whose clip value is 0) gives all zeros, never NaN.
+cv::Mat normalize(const cv::Mat& m, Normalize how, double percentile = 99.5);
+// [0,1] CV_32F to 8-bit RGB.
+cv::Mat colorize(const cv::Mat& unit, Colormap cmap);
+// image * (1 - alpha) + heat * alpha, both 8-bit RGB; the image is resized to the heat's size.
+cv::Mat overlay(const cv::Mat& image_rgb, const cv::Mat& heat_rgb, double alpha = 0.5);
+
+struct Cell {
+  std::string title;
+  cv::Mat image;  // 8-bit RGB
+};
+// The original beside its heatmaps, each scaled to `cell_size` px, titled; `caption` on top.
+cv::Mat panel(const std::vector<Cell>& cells, const std::string& caption, int cell_size = 224);
+// Stacks panels vertically (padding widths), e.g. for a contact sheet.
+cv::Mat stack_rows(const std::vector<cv::Mat>& rows);
+
+}  // namespace render
+}  // namespace salient

@@ -1,0 +1,19 @@
+#pragma once
+// salient: saliency maps for TorchScript image classifiers.
+//
+//   #include <salient/salient.hpp>
+//   auto model = salient::Model::load("model.pt");
+//   auto a = salient::gradcam(model, x);             // a.map: [N,1,H,W], raw
+//   cv::Mat heat = salient::render::colorize(
+//       salient::render::normalize(salient::render::reduce(a.map[0], salient::render::Reduce::Sum),
+//                                  salient::render::Normalize::MinMax),
+//       salient::render::Colormap::Jet);
+#include "salient/attribution.hpp"
+#include "salient/error.hpp"
+#include "salient/gradcam.hpp"
+#include "salient/gradient.hpp"
+#include "salient/io.hpp"
+#include "salient/model.hpp"
+#include "salient/render.hpp"
+#include "salient/smoothgrad.hpp"
+#include "salient/target.hpp"

@@ -1,0 +1,83 @@
+#include "salient/smoothgrad.hpp"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <algorithm>
+
+#include "methods/common.hpp"
+
+namespace salient {
+
+int64_t chunk_rows(const Model& model, const at::Tensor& x, int64_t budget) {
+  int64_t per_row = std::max<int64_t>(1, model.bytes_per_sample(detail::sample_shape(x)));
+  return std::max<int64_t>(1, budget / per_row);
+}
+
+Attribution smoothgrad(const Model& model, const at::Tensor& x, const Target& target,
+                       const SmoothGradOptions& options) {
+  at::Tensor xf = detail::checked_input(x, "smoothgrad");
+  const int64_t n = options.n_samples();
+  SALIENT_CHECK(n >= 1, "smoothgrad: n_samples must be >= 1, got ", n);
+  SALIENT_CHECK(options.noise_level() >= 0, "smoothgrad: noise_level must be >= 0, got ",
+                options.noise_level());
+  SALIENT_CHECK(options.memory_budget() > 0, "smoothgrad: memory_budget must be > 0");
+  const int64_t batch = xf.size(0);
+
+  Attribution a;
+  // Targets are fixed on the clean input; only "predicted" needs a forward for that.
+  if (target.is_predicted()) {
+    a.output = model.forward(xf).output;
+    a.forward_samples += batch;
+  }
+  at::Tensor classes = a.output.defined() ? target.resolve(a.output) : at::Tensor();
+
+  at::Tensor flat = xf.flatten(1);
+  at::Tensor stdev = options.noise_level() * (std::get<0>(flat.max(1)) - std::get<0>(flat.min(1)));
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(options.seed());
+  NoiseSource noise = options.noise();
+  if (!noise) {
+    noise = [&gen](int64_t, const at::Tensor& xs, const at::Tensor& sd) {
+      return at::randn(xs.sizes(), gen, xs.options()) * sd.view({-1, 1, 1, 1});
+    };
+  }
+
+  // Rows are sample-major (row = s * batch + b), so the noise drawn for sample s is the
+  // same whatever the chunk size.
+  const int64_t rows = n * batch;
+  const int64_t chunk = std::min(rows, chunk_rows(model, xf, options.memory_budget()));
+  at::Tensor sum = at::zeros_like(xf);
+  at::Tensor current_noise;
+  int64_t current_s = -1;
+  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+    const int64_t r1 = std::min(rows, r0 + chunk);
+    std::vector<at::Tensor> parts;
+    std::vector<int64_t> examples;
+    for (int64_t r = r0; r < r1;) {
+      const int64_t s = r / batch, b0 = r % batch, b1 = std::min(batch, b0 + (r1 - r));
+      if (s != current_s) {
+        current_noise = noise(s, xf, stdev);
+        SALIENT_CHECK(current_noise.sizes() == xf.sizes(), "smoothgrad: noise source returned ",
+                      detail::shape_str(current_noise.sizes()), ", expected ", detail::shape_str(xf.sizes()));
+        current_s = s;
+      }
+      parts.push_back(xf.slice(0, b0, b1) + current_noise.slice(0, b0, b1));
+      for (int64_t b = b0; b < b1; ++b) examples.push_back(b);
+      r += b1 - b0;
+    }
+    at::Tensor leaf = at::cat(parts).requires_grad_(true);
+    at::Tensor idx = at::tensor(examples, at::TensorOptions().dtype(at::kLong));
+    auto fr = model.forward(leaf, {}, Autograd::Full);
+    if (!classes.defined()) classes = target.resolve(batch, fr.output.size(1));
+    at::Tensor s = target.scores(fr.output, classes.index_select(0, idx), options.score());
+    at::Tensor g = torch::autograd::grad({s.sum()}, {leaf})[0];
+    detail::check_finite(g, "smoothgrad", "the input gradient");
+    sum.index_add_(0, idx, g);
+  }
+  a.map = sum / static_cast<double>(n);
+  a.targets = classes;
+  a.forward_samples += rows;
+  a.backward_samples = rows;
+  return a;
+}
+
+}  // namespace salient

@@ -1,0 +1,124 @@
+#include "salient/target.hpp"
+
+#include "methods/common.hpp"
+
+namespace salient {
+
+const char* to_string(Score s) { return s == Score::Logit ? "logit" : "probability"; }
+
+Score score_from_string(const std::string& s) {
+  if (s == "logit") return Score::Logit;
+  if (s == "probability" || s == "prob" || s == "softmax") return Score::Probability;
+  SALIENT_FAIL("unknown score '", s, "': use logit or probability");
+}
+
+Target Target::predicted() { return Target(); }
+
+Target Target::index(int64_t k) {
+  Target t;
+  t.kind_ = Kind::Index;
+  t.classes_ = {k};
+  return t;
+}
+
+Target Target::per_sample(std::vector<int64_t> ks) {
+  SALIENT_CHECK(!ks.empty(), "per-sample targets: the list is empty");
+  Target t;
+  t.kind_ = Kind::PerSample;
+  t.classes_ = std::move(ks);
+  return t;
+}
+
+Target Target::function(ScoreFn fn, std::string description) {
+  SALIENT_CHECK(fn != nullptr, "target score function is empty");
+  Target t;
+  t.kind_ = Kind::Function;
+  t.fn_ = std::move(fn);
+  t.description_ = std::move(description);
+  return t;
+}
+
+at::Tensor Target::resolve(const at::Tensor& output) const {
+  SALIENT_CHECK(output.dim() == 2, "model output has shape ", detail::shape_str(output.sizes()),
+                "; class targets need [N, classes]");
+  if (kind_ == Kind::Predicted) return output.detach().argmax(1);
+  return resolve(output.size(0), output.size(1));
+}
+
+at::Tensor Target::resolve(int64_t n, int64_t k) const {
+  auto opts = at::TensorOptions().dtype(at::kLong);
+  switch (kind_) {
+    case Kind::Predicted:
+      SALIENT_FAIL("the predicted target needs the model output");
+    case Kind::Index:
+      SALIENT_CHECK(classes_[0] >= 0 && classes_[0] < k, "target ", classes_[0],
+                    " out of range: the model has ", k, " classes (0..", k - 1, ")");
+      return at::full({n}, classes_[0], opts);
+    case Kind::PerSample:
+      SALIENT_CHECK(static_cast<int64_t>(classes_.size()) == n, "got ", classes_.size(),
+                    " targets for a batch of ", n);
+      for (auto c : classes_)
+        SALIENT_CHECK(c >= 0 && c < k, "target ", c, " out of range: the model has ", k,
+                      " classes (0..", k - 1, ")");
+      return at::tensor(classes_, opts);
+    case Kind::Function:
+      return at::full({n}, -1, opts);
+  }
+  return {};
+}
+
+at::Tensor Target::scores(const at::Tensor& output, const at::Tensor& classes, Score score) const {
+  if (kind_ == Kind::Function) {
+    at::Tensor s = fn_(output);
+    SALIENT_CHECK(s.defined() && s.dim() == 1 && s.size(0) == output.size(0), "target function '",
+                  description_, "' must return one score per sample, [", output.size(0), "]");
+    return s;
+  }
+  at::Tensor idx = classes.to(output.device()).view({-1, 1});
+  at::Tensor base = score == Score::Probability ? at::softmax(output, 1) : output;
+  return base.gather(1, idx).squeeze(1);
+}
+
+std::string Target::describe() const {
+  switch (kind_) {
+    case Kind::Predicted: return "predicted";
+    case Kind::Index: return std::to_string(classes_[0]);
+    case Kind::PerSample: {
+      std::string s;
+      for (size_t i = 0; i < classes_.size(); ++i) s += (i ? "," : "") + std::to_string(classes_[i]);
+      return s;
+    }
+    case Kind::Function: return description_;
+  }
+  return "";
+}
+
+namespace detail {
+
+std::string shape_str(at::IntArrayRef s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+at::Tensor checked_input(const at::Tensor& x, const char* method) {
+  SALIENT_CHECK(x.defined(), method, ": input tensor is undefined");
+  SALIENT_CHECK(x.dim() == 4, method, ": input must be a batch [N, C, H, W], got ", shape_str(x.sizes()));
+  SALIENT_CHECK(x.size(0) > 0, method, ": input batch is empty");
+  SALIENT_CHECK(at::isFloatingType(x.scalar_type()), method, ": input must be floating point, got ",
+                x.scalar_type());
+  at::Tensor xf = x.detach().to(at::kFloat);
+  SALIENT_CHECK(at::isfinite(xf).all().item<bool>(), method,
+                ": input contains non-finite values (NaN or Inf)");
+  return xf;
+}
+
+void check_finite(const at::Tensor& t, const char* method, const char* what) {
+  SALIENT_CHECK(at::isfinite(t).all().item<bool>(), method, ": non-finite values (NaN or Inf) in ",
+                what);
+}
+
+std::vector<int64_t> sample_shape(const at::Tensor& x) { return x.sizes().slice(1).vec(); }
+
+}  // namespace detail
+}  // namespace salient

@@ -1,0 +1,55 @@
+#pragma once
+// Internal: the TorchScript IR work behind Model (taps as extra graph outputs).
+#include <torch/csrc/jit/ir/ir.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace salient {
+namespace model {
+
+// A value of the analysed graph, addressed by top-level node index and output
+// offset, so that it can be found again in a copy of the graph.
+struct ValueRef {
+  size_t node = 0;
+  size_t output = 0;
+};
+
+struct ModuleOutput {
+  std::string path;
+  std::string op;  // kind of the producing node, e.g. "aten::relu"
+  ValueRef ref;
+};
+
+class TapGraph {
+ public:
+  // Copies `forward`, inlines every call, makes in-place tensor ops functional where
+  // that is provably safe (so a tapped value is not overwritten later), and finds,
+  // for every module, the value its (last) call hands to the outside.
+  explicit TapGraph(const std::shared_ptr<torch::jit::Graph>& forward);
+
+  const std::map<std::string, ModuleOutput>& module_outputs() const { return outputs_; }
+  // Module class names seen in inlined call stacks, by path.
+  const std::map<std::string, std::string>& module_kinds() const { return kinds_; }
+
+  // A runnable copy returning (original output, taps...). With `leaves`, each tap that
+  // no other tap depends on is detached and made to require grad, so that a backward
+  // from the output stops there.
+  std::shared_ptr<torch::jit::Graph> with_taps(const std::vector<ValueRef>& taps, bool leaves) const;
+  // A copy that also returns every tensor a top-level node produces (memory probe).
+  std::shared_ptr<torch::jit::Graph> with_all_values() const;
+
+  // The weight value of the first convolution or linear op, if any.
+  torch::jit::Value* first_weight() const;
+  torch::jit::Graph& graph() const { return *graph_; }
+
+ private:
+  std::shared_ptr<torch::jit::Graph> graph_;
+  std::map<std::string, ModuleOutput> outputs_;
+  std::map<std::string, std::string> kinds_;
+};
+
+}  // namespace model
+}  // namespace salient

@@ -1,0 +1,338 @@
+#include "salient/model.hpp"
+
+#include <torch/csrc/jit/runtime/interpreter.h>
+#include <torch/script.h>
+
+#include <algorithm>
+#include <fstream>
+#include <mutex>
+#include <set>
+#include <sstream>
+
+#include "model/graph.hpp"
+#include "salient/error.hpp"
+
+namespace salient {
+
+namespace {
+
+struct Compiled {
+  std::shared_ptr<torch::jit::Graph> graph;
+  std::unique_ptr<torch::jit::Code> code;
+};
+
+std::string shape_str(at::IntArrayRef s) {
+  std::ostringstream os;
+  os << "[";
+  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
+  os << "]";
+  return os.str();
+}
+
+// The gist of a LibTorch error: its last "SomethingError: ..." line, or its first line.
+std::string brief(const std::exception& e) {
+  std::string msg;
+  if (auto* ce = dynamic_cast<const c10::Error*>(&e))
+    msg = ce->msg();
+  else
+    msg = e.what();
+  std::istringstream is(msg);
+  std::string line, first, last_error;
+  while (std::getline(is, line)) {
+    auto b = line.find_first_not_of(" \t");
+    if (b == std::string::npos) continue;
+    line = line.substr(b);
+    if (first.empty()) first = line;
+    auto p = line.find("Error: ");
+    if (p != std::string::npos && line.find(' ') > p) last_error = line.substr(p + 7);
+  }
+  std::string out = last_error.empty() ? first : last_error;
+  if (out.size() > 240) out = out.substr(0, 237) + "...";
+  return out;
+}
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j)
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+// Sets eval mode for the duration of a call and restores every module's flag. Modules
+// built without a "training" attribute (Module::define in C++) are left alone.
+class EvalGuard {
+ public:
+  explicit EvalGuard(torch::jit::Module& m) {
+    for (auto sub : m.modules()) {
+      if (!sub.hasattr("training") || !sub.attr("training").isBool()) continue;
+      bool was = sub.attr("training").toBool();
+      if (was) sub.setattr("training", false);
+      saved_.emplace_back(sub, was);
+    }
+  }
+  ~EvalGuard() {
+    for (auto& s : saved_)
+      if (s.second) s.first.setattr("training", true);
+  }
+
+ private:
+  std::vector<std::pair<torch::jit::Module, bool>> saved_;
+};
+
+}  // namespace
+
+struct Model::Impl {
+  std::string name;
+  mutable torch::jit::Module module;
+  std::unique_ptr<model::TapGraph> graph;
+  std::vector<std::pair<std::string, std::string>> modules;  // path, class, definition order
+
+  mutable std::mutex mu;
+  mutable std::map<std::string, std::shared_ptr<Compiled>> compiled;
+  mutable std::map<std::vector<int64_t>, std::vector<LayerInfo>> layer_cache;
+  mutable std::map<std::vector<int64_t>, int64_t> bytes_cache;
+
+  std::shared_ptr<Compiled> compile(const std::vector<std::string>& taps, Autograd mode) const {
+    std::string key = mode == Autograd::FromTaps ? "L|" : "F|";
+    for (const auto& t : taps) key += t + "|";
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = compiled.find(key);
+    if (it != compiled.end()) return it->second;
+    std::vector<model::ValueRef> refs;
+    for (const auto& t : taps) refs.push_back(graph->module_outputs().at(t).ref);
+    auto c = std::make_shared<Compiled>();
+    c->graph = graph->with_taps(refs, mode == Autograd::FromTaps);
+    c->code = std::make_unique<torch::jit::Code>(c->graph, "salient_forward");
+    compiled[key] = c;
+    return c;
+  }
+
+  // Runs a compiled graph and returns its outputs; converts the model's own errors.
+  std::vector<c10::IValue> run(const torch::jit::Code& code, const at::Tensor& x) const {
+    EvalGuard eval(module);
+    torch::jit::Stack stack{module._ivalue(), x};
+    try {
+      torch::jit::InterpreterState(code).run(stack);
+    } catch (const std::exception& e) {
+      SALIENT_FAIL("model '", name, "' failed on input of shape ", shape_str(x.sizes()), ": ",
+                   brief(e));
+    }
+    return stack;
+  }
+
+  void init() {
+    graph = std::make_unique<model::TapGraph>(module.get_method("forward").graph());
+    for (const auto& nm : module.named_modules()) {
+      if (nm.name.empty()) continue;
+      std::string kind;
+      auto it = graph->module_kinds().find(nm.name);
+      if (it != graph->module_kinds().end()) kind = it->second;
+      if (kind.empty() && nm.value.type()->name()) kind = nm.value.type()->name()->name();
+      modules.emplace_back(nm.name, kind);
+    }
+  }
+};
+
+Model Model::load(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  SALIENT_CHECK(f.good(), "model file '", path, "' not found or not readable");
+  f.seekg(0, std::ios::end);
+  SALIENT_CHECK(f.tellg() > 0, "model file '", path, "' is empty");
+  f.seekg(0);
+  char magic[2] = {0, 0};
+  f.read(magic, 2);
+  SALIENT_CHECK(magic[0] == 'P' && magic[1] == 'K', "model file '", path,
+                "' is not a TorchScript model (not a zip archive; export it with torch.jit.trace "
+                "or torch.jit.script and save it with .save())");
+  auto impl = std::make_shared<Impl>();
+  impl->name = path;
+  try {
+    impl->module = torch::jit::load(path, c10::Device(c10::kCPU));
+  } catch (const std::exception& e) {
+    SALIENT_FAIL("model file '", path, "' is not a TorchScript model (", brief(e),
+                 "); export it with torch.jit.trace or torch.jit.script");
+  }
+  SALIENT_CHECK(impl->module.find_method("forward").has_value(), "model file '", path,
+                "' has no forward method");
+  // Our own copy: attribution never needs parameter gradients, so autograd records
+  // nothing for them.
+  for (auto p : impl->module.parameters()) p.requires_grad_(false);
+  impl->init();
+  return Model(impl);
+}
+
+Model Model::from_module(const torch::jit::Module& module, const std::string& name) {
+  auto impl = std::make_shared<Impl>();
+  impl->name = name;
+  impl->module = module;
+  SALIENT_CHECK(impl->module.find_method("forward").has_value(), "module '", name,
+                "' has no forward method");
+  impl->init();
+  return Model(impl);
+}
+
+void Model::check_layer(const std::string& path) const {
+  const auto& outs = impl_->graph->module_outputs();
+  if (outs.count(path)) return;
+  bool exists = std::any_of(impl_->modules.begin(), impl_->modules.end(),
+                            [&](const auto& m) { return m.first == path; });
+  SALIENT_CHECK(!exists, "layer '", path, "' of model '", impl_->name,
+                "' produces no tensor that leaves it (an Identity or unused module); pick another "
+                "layer (salient layers lists them)");
+  std::vector<std::pair<size_t, std::string>> scored;
+  for (const auto& kv : outs) scored.emplace_back(edit_distance(path, kv.first), kv.first);
+  std::stable_sort(scored.begin(), scored.end());
+  std::string closest;
+  for (size_t i = 0; i < scored.size() && i < 5; ++i) closest += (i ? ", " : "") + scored[i].second;
+  SALIENT_FAIL("unknown layer '", path, "' in model '", impl_->name, "'; closest: ", closest);
+}
+
+ForwardResult Model::forward(const at::Tensor& x, const std::vector<std::string>& taps,
+                             Autograd autograd) const {
+  SALIENT_CHECK(x.defined(), "model '", impl_->name, "': input tensor is undefined");
+  for (const auto& t : taps) check_layer(t);
+  auto compiled = impl_->compile(taps, autograd);
+  std::vector<c10::IValue> stack;
+  if (autograd == Autograd::Off) {
+    at::NoGradGuard no_grad;
+    stack = impl_->run(*compiled->code, x);
+  } else {
+    at::AutoGradMode enable(true);
+    stack = impl_->run(*compiled->code, x);
+  }
+  ForwardResult r;
+  c10::IValue out = stack.at(0);
+  if (out.isTuple() && !out.toTupleRef().elements().empty()) out = out.toTupleRef().elements()[0];
+  if (out.isList() && !out.toListRef().empty()) out = out.toListRef()[0];
+  SALIENT_CHECK(out.isTensor(), "model '", impl_->name, "' returned ", out.tagKind(),
+                ", expected a [N, classes] tensor");
+  r.output = out.toTensor();
+  SALIENT_CHECK(r.output.dim() == 2 && r.output.size(0) == x.size(0), "model '", impl_->name,
+                "' returned shape ", shape_str(r.output.sizes()), " for input ", shape_str(x.sizes()),
+                ", expected [N, classes]");
+  for (size_t i = 0; i < taps.size(); ++i) {
+    const auto& v = stack.at(i + 1);
+    SALIENT_CHECK(v.isTensor(), "layer '", taps[i], "' did not produce a tensor");
+    r.taps.push_back(v.toTensor());
+  }
+  return r;
+}
+
+std::vector<std::string> Model::tappable_layers() const {
+  std::vector<std::string> names;
+  for (const auto& m : impl_->modules)
+    if (impl_->graph->module_outputs().count(m.first)) names.push_back(m.first);
+  return names;
+}
+
+std::vector<LayerInfo> Model::layers(const std::vector<int64_t>& input_shape) const {
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    auto it = impl_->layer_cache.find(input_shape);
+    if (it != impl_->layer_cache.end()) return it->second;
+  }
+  std::vector<int64_t> shape{1};
+  shape.insert(shape.end(), input_shape.begin(), input_shape.end());
+  auto names = tappable_layers();
+  auto r = forward(at::zeros(shape), names, Autograd::Off);
+  std::map<std::string, std::vector<int64_t>> shapes;
+  for (size_t i = 0; i < names.size(); ++i) shapes[names[i]] = r.taps[i].sizes().vec();
+  std::vector<LayerInfo> out;
+  for (const auto& m : impl_->modules) {
+    LayerInfo info{m.first, m.second, "", {}};
+    auto it = impl_->graph->module_outputs().find(m.first);
+    if (it != impl_->graph->module_outputs().end()) {
+      info.op = it->second.op;
+      info.shape = shapes[m.first];
+    }
+    out.push_back(info);
+  }
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->layer_cache[input_shape] = out;
+  return out;
+}
+
+std::string Model::default_cam_layer(const std::vector<int64_t>& input_shape) const {
+  auto infos = layers(input_shape);
+  const auto& outs = impl_->graph->module_outputs();
+  std::string best;
+  size_t best_node = 0;
+  // Dropout and friends are the identity in eval mode: the map there equals the map at
+  // the module before, whose name says more.
+  static const std::set<std::string> pass_through = {"aten::dropout", "aten::feature_dropout", "aten::alpha_dropout",
+                                                     "aten::feature_alpha_dropout", "aten::contiguous", "aten::clone",
+                                                     "aten::detach"};
+  for (const auto& l : infos) {
+    if (!l.tappable() || l.shape.size() != 4 || l.shape[2] * l.shape[3] <= 1) continue;
+    if (pass_through.count(l.op)) continue;
+    size_t node = outs.at(l.path).ref.node;
+    // Later output wins; for one output shared by nested modules, the outermost.
+    bool later = best.empty() || node > best_node;
+    bool same_shallower = node == best_node && std::count(l.path.begin(), l.path.end(), '.') <
+                                                   std::count(best.begin(), best.end(), '.');
+    if (later || same_shallower) best = l.path, best_node = node;
+  }
+  SALIENT_CHECK(!best.empty(), "model '", impl_->name,
+                "' has no layer with a 4-D output of spatial size > 1 for input ",
+                shape_str(input_shape), "; give a layer explicitly");
+  return best;
+}
+
+int64_t Model::input_channels() const {
+  torch::jit::Value* w = impl_->graph->first_weight();
+  // Follow the GetAttr chain from `self` to the weight tensor.
+  std::function<c10::optional<c10::IValue>(torch::jit::Value*)> resolve =
+      [&](torch::jit::Value* v) -> c10::optional<c10::IValue> {
+    if (v == impl_->graph->graph().inputs().at(0)) return c10::IValue(impl_->module._ivalue());
+    if (v->node()->kind() != c10::prim::GetAttr) return c10::nullopt;
+    auto parent = resolve(v->node()->input(0));
+    if (!parent || !parent->isObject()) return c10::nullopt;
+    return parent->toObject()->getAttr(v->node()->s(c10::attr::name));
+  };
+  if (!w) return -1;
+  auto value = resolve(w);
+  if (!value || !value->isTensor() || value->toTensor().dim() < 2) return -1;
+  return value->toTensor().size(1);
+}
+
+int64_t Model::bytes_per_sample(const std::vector<int64_t>& input_shape) const {
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    auto it = impl_->bytes_cache.find(input_shape);
+    if (it != impl_->bytes_cache.end()) return it->second;
+  }
+  auto g = impl_->graph->with_all_values();
+  torch::jit::Code code(g, "salient_probe");
+  std::vector<int64_t> shape{1};
+  shape.insert(shape.end(), input_shape.begin(), input_shape.end());
+  at::Tensor x = at::zeros(shape);
+  std::vector<c10::IValue> stack;
+  {
+    at::NoGradGuard no_grad;
+    stack = impl_->run(code, x);
+  }
+  std::set<const void*> seen;
+  int64_t activations = 0;
+  for (const auto& v : stack) {
+    if (!v.isTensor()) continue;
+    const auto& t = v.toTensor();
+    if (!t.defined() || !t.has_storage()) continue;
+    if (seen.insert(t.storage().data()).second) activations += static_cast<int64_t>(t.storage().nbytes());
+  }
+  // Autograd keeps roughly the forward's values; the backward adds about as much in
+  // gradient buffers; the input itself is copied a few times (noise, leaf, gradient).
+  int64_t bytes = 2 * activations + 4 * x.numel() * static_cast<int64_t>(sizeof(float));
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->bytes_cache[input_shape] = bytes;
+  return bytes;
+}
+
+const std::string& Model::name() const { return impl_->name; }
+torch::jit::Module& Model::module() const { return impl_->module; }
+
+}  // namespace salient

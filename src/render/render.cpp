@@ -1,0 +1,158 @@
+#include "salient/render.hpp"
+
+#include <ATen/ATen.h>
+#include <opencv2/imgproc.hpp>
+
+#include <algorithm>
+
+#include "salient/error.hpp"
+
+namespace salient {
+namespace render {
+
+Reduce reduce_from_string(const std::string& s) {
+  if (s == "max-abs" || s == "maxabs") return Reduce::MaxAbs;
+  if (s == "abs-sum" || s == "abssum") return Reduce::AbsSum;
+  if (s == "sum") return Reduce::Sum;
+  SALIENT_FAIL("unknown reduction '", s, "': use max-abs, abs-sum or sum");
+}
+
+Colormap colormap_from_string(const std::string& s) {
+  if (s == "jet") return Colormap::Jet;
+  if (s == "viridis") return Colormap::Viridis;
+  if (s == "inferno") return Colormap::Inferno;
+  if (s == "turbo") return Colormap::Turbo;
+  SALIENT_FAIL("unknown colormap '", s, "': use jet, viridis, inferno or turbo");
+}
+
+const char* to_string(Colormap c) {
+  switch (c) {
+    case Colormap::Jet: return "jet";
+    case Colormap::Viridis: return "viridis";
+    case Colormap::Inferno: return "inferno";
+    case Colormap::Turbo: return "turbo";
+  }
+  return "";
+}
+
+cv::Mat reduce(const at::Tensor& map, Reduce how) {
+  at::Tensor t = map.detach().to(at::kCPU).to(at::kFloat);
+  if (t.dim() == 2) t = t.unsqueeze(0);
+  SALIENT_CHECK(t.dim() == 3, "render: expected one map [C, H, W] or [H, W]");
+  at::Tensor r;
+  switch (how) {
+    case Reduce::MaxAbs: r = std::get<0>(t.abs().max(0)); break;
+    case Reduce::AbsSum: r = t.abs().sum(0); break;
+    case Reduce::Sum: r = t.sum(0); break;
+  }
+  r = r.contiguous();
+  return cv::Mat(static_cast<int>(r.size(0)), static_cast<int>(r.size(1)), CV_32F, r.data_ptr()).clone();
+}
+
+cv::Mat normalize(const cv::Mat& m, Normalize how, double percentile) {
+  SALIENT_CHECK(m.type() == CV_32F, "render: normalize expects a float map");
+  SALIENT_CHECK(percentile > 0 && percentile <= 100, "render: percentile must be in (0, 100], got ",
+                percentile);
+  cv::Mat out;
+  if (how == Normalize::MinMax) {
+    double lo = 0, hi = 0;
+    cv::minMaxLoc(m, &lo, &hi);
+    if (!(hi > lo)) return cv::Mat::zeros(m.size(), CV_32F);
+    m.convertTo(out, CV_32F, 1.0 / (hi - lo), -lo / (hi - lo));
+    return out;
+  }
+  double lo = 0, hi = 0;
+  cv::minMaxLoc(m, &lo, &hi);
+  if (!(hi > lo)) return cv::Mat::zeros(m.size(), CV_32F);
+  std::vector<float> v(m.begin<float>(), m.end<float>());
+  size_t k = std::min(v.size() - 1, static_cast<size_t>(percentile / 100.0 * (v.size() - 1) + 0.5));
+  std::nth_element(v.begin(), v.begin() + k, v.end());
+  const double clip = v[k];
+  if (!(clip > 0)) return cv::Mat::zeros(m.size(), CV_32F);
+  cv::max(m, 0.0, out);
+  cv::min(out, clip, out);
+  out.convertTo(out, CV_32F, 1.0 / clip);
+  return out;
+}
+
+cv::Mat colorize(const cv::Mat& unit, Colormap cmap) {
+  cv::Mat u8, bgr, rgb;
+  unit.convertTo(u8, CV_8U, 255.0);
+  int code = cv::COLORMAP_JET;
+  switch (cmap) {
+    case Colormap::Jet: code = cv::COLORMAP_JET; break;
+    case Colormap::Viridis: code = cv::COLORMAP_VIRIDIS; break;
+    case Colormap::Inferno: code = cv::COLORMAP_INFERNO; break;
+    case Colormap::Turbo: code = cv::COLORMAP_TURBO; break;
+  }
+  cv::applyColorMap(u8, bgr, code);
+  cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
+  return rgb;
+}
+
+cv::Mat overlay(const cv::Mat& image_rgb, const cv::Mat& heat_rgb, double alpha) {
+  SALIENT_CHECK(alpha >= 0 && alpha <= 1, "render: alpha must be in [0, 1], got ", alpha);
+  cv::Mat img;
+  cv::resize(image_rgb, img, heat_rgb.size(), 0, 0, cv::INTER_LINEAR);
+  cv::Mat out;
+  cv::addWeighted(img, 1.0 - alpha, heat_rgb, alpha, 0.0, out);
+  return out;
+}
+
+namespace {
+
+cv::Mat fit_cell(const cv::Mat& img, int size) {
+  cv::Mat out;
+  double scale = static_cast<double>(size) / std::max(img.cols, img.rows);
+  // Whole-number enlargements stay crisp (each pixel a block); others are smoothed.
+  int interp = scale >= 1.0 && std::abs(scale - std::round(scale)) < 1e-9 ? cv::INTER_NEAREST : cv::INTER_LINEAR;
+  if (scale < 1.0) interp = cv::INTER_AREA;
+  cv::resize(img, out, cv::Size(std::max(1, int(img.cols * scale + 0.5)), std::max(1, int(img.rows * scale + 0.5))),
+             0, 0, interp);
+  return out;
+}
+
+void put_text(cv::Mat& img, const std::string& text, int x, int y, double scale) {
+  cv::putText(img, text, cv::Point(x, y), cv::FONT_HERSHEY_SIMPLEX, scale, cv::Scalar(20, 20, 20), 1,
+              cv::LINE_AA);
+}
+
+}  // namespace
+
+cv::Mat panel(const std::vector<Cell>& cells, const std::string& caption, int cell_size) {
+  SALIENT_CHECK(!cells.empty(), "render: a panel needs at least one image");
+  const int pad = 8, title_h = 24, caption_h = caption.empty() ? 0 : 28;
+  std::vector<cv::Mat> fitted;
+  int cell_h = 0;
+  for (const auto& c : cells) {
+    fitted.push_back(fit_cell(c.image, cell_size));
+    cell_h = std::max(cell_h, fitted.back().rows);
+  }
+  const int width = pad + static_cast<int>(cells.size()) * (cell_size + pad);
+  const int height = caption_h + title_h + cell_h + pad;
+  cv::Mat out(height, width, CV_8UC3, cv::Scalar(255, 255, 255));
+  const double text_scale = std::min(0.5, cell_size / 448.0 + 0.15);
+  if (!caption.empty()) put_text(out, caption, pad, caption_h - 9, text_scale + 0.05);
+  for (size_t i = 0; i < fitted.size(); ++i) {
+    int x = pad + static_cast<int>(i) * (cell_size + pad);
+    put_text(out, cells[i].title, x, caption_h + title_h - 8, text_scale);
+    fitted[i].copyTo(out(cv::Rect(x, caption_h + title_h, fitted[i].cols, fitted[i].rows)));
+  }
+  return out;
+}
+
+cv::Mat stack_rows(const std::vector<cv::Mat>& rows) {
+  SALIENT_CHECK(!rows.empty(), "render: nothing to stack");
+  int width = 0, height = 0;
+  for (const auto& r : rows) width = std::max(width, r.cols), height += r.rows;
+  cv::Mat out(height, width, CV_8UC3, cv::Scalar(255, 255, 255));
+  int y = 0;
+  for (const auto& r : rows) {
+    r.copyTo(out(cv::Rect(0, y, r.cols, r.rows)));
+    y += r.rows;
+  }
+  return out;
+}
+
+}  // namespace render
+}  // namespace salient

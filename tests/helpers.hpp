@@ -1,0 +1,35 @@
+#pragma once
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/script.h>
+
+#include <map>
+#include <string>
+
+#include "salient/salient.hpp"
+
+namespace testing_salient {
+
+std::string data(const std::string& rel);  // path under tests/data
+std::string temp_dir(const std::string& name);  // fresh empty directory
+
+// The reference vectors (../shared/reference, copied into tests/data/reference).
+struct Reference {
+  std::map<std::string, at::Tensor> t;
+  std::map<std::string, std::pair<double, double>> tol;  // name -> (atol, rtol)
+  const at::Tensor& operator[](const std::string& name) const { return t.at(name); }
+};
+const Reference& reference();
+
+// |a - b| <= atol + rtol |b| elementwise; on failure reports the worst element.
+::testing::AssertionResult close(const at::Tensor& a, const at::Tensor& b, double atol, double rtol);
+::testing::AssertionResult matches_reference(const at::Tensor& ours, const std::string& name);
+
+std::vector<int64_t> to_vector(const at::Tensor& t);  // int64 tensor -> vector
+
+// A scripted module built in C++ with torch::jit::Module::define.
+torch::jit::Module linear_model(const at::Tensor& weight, const at::Tensor& bias);
+torch::jit::Module one_conv_model(const at::Tensor& conv_w, const at::Tensor& conv_b, const at::Tensor& fc_w);
+
+}  // namespace testing_salient

@@ -1,0 +1,219 @@
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include <filesystem>
+#include <fstream>
+
+#include "helpers.hpp"
+
+using namespace testing_salient;
+namespace io = salient::io;
+namespace render = salient::render;
+
+namespace {
+
+std::string msg_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const salient::Error& e) {
+    return e.what();
+  }
+  return "<no error>";
+}
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary) << bytes;
+}
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+cv::Mat gradient_image(int h, int w) {
+  cv::Mat m(h, w, CV_8UC3);
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w; ++x) m.at<cv::Vec3b>(y, x) = cv::Vec3b(uchar(x * 7), uchar(y * 5), uchar((x + y) * 3));
+  return m;
+}
+
+}  // namespace
+
+TEST(Npy, RoundTripKeepsShapeAndValues) {
+  std::string dir = temp_dir("npy");
+  at::Tensor t = at::randn({2, 3, 4, 5});
+  io::write_npy(dir + "/t.npy", t);
+  at::Tensor back = io::read_npy(dir + "/t.npy");
+  EXPECT_TRUE(at::equal(back, t));
+  // numpy's layout: magic, version 1.0, header padded to 64 bytes.
+  std::string raw = read_bytes(dir + "/t.npy");
+  EXPECT_EQ(raw.substr(0, 8), std::string("\x93NUMPY\x01\x00", 8));
+  EXPECT_EQ(raw.size(), 128u + 2 * 3 * 4 * 5 * 4);
+  EXPECT_NE(raw.find("'shape': (2, 3, 4, 5)"), std::string::npos);
+}
+
+TEST(Npy, ReadsFloat64AsFloat32AndRejectsBadFiles) {
+  std::string dir = temp_dir("npy_bad");
+  std::string header = "{'descr': '<f8', 'fortran_order': False, 'shape': (3,), }";
+  header.append(128 - 10 - header.size() - 1, ' ');
+  header += '\n';
+  std::string f64("\x93NUMPY\x01\x00", 8);
+  f64 += char(header.size());
+  f64 += char(0);
+  f64 += header;
+  double vals[3] = {1.5, -2.0, 3.25};
+  f64.append(reinterpret_cast<const char*>(vals), sizeof(vals));
+  write_bytes(dir + "/d.npy", f64);
+  at::Tensor t = io::read_npy(dir + "/d.npy");
+  EXPECT_EQ(t.scalar_type(), at::kFloat);
+  EXPECT_TRUE(at::equal(t, at::tensor({1.5f, -2.0f, 3.25f})));
+
+  write_bytes(dir + "/trunc.npy", f64.substr(0, f64.size() - 4));
+  EXPECT_NE(msg_of([&] { io::read_npy(dir + "/trunc.npy"); }).find("is truncated"), std::string::npos);
+  write_bytes(dir + "/text.npy", "not numpy at all");
+  EXPECT_NE(msg_of([&] { io::read_npy(dir + "/text.npy"); }).find("is not a .npy file"), std::string::npos);
+  EXPECT_NE(msg_of([&] { io::read_npy(dir + "/missing.npy"); }).find("not found"), std::string::npos);
+}
+
+TEST(Images, PngRoundTripAndGrayRgbaSixteenBitBecomeRgb) {
+  std::string dir = temp_dir("images");
+  cv::Mat rgb = gradient_image(20, 30);
+  io::write_png(dir + "/rgb.png", rgb);
+  cv::Mat back = io::read_image(dir + "/rgb.png");
+  EXPECT_EQ(cv::norm(back, rgb, cv::NORM_INF), 0);
+
+  cv::Mat gray(10, 12, CV_8UC1, cv::Scalar(77));
+  cv::imwrite(dir + "/gray.png", gray);
+  cv::Mat g = io::read_image(dir + "/gray.png");
+  ASSERT_EQ(g.channels(), 3);
+  EXPECT_EQ(g.at<cv::Vec3b>(3, 4), cv::Vec3b(77, 77, 77));
+
+  cv::Mat bgra(8, 8, CV_8UC4, cv::Scalar(10, 20, 30, 40));  // B, G, R, A
+  cv::imwrite(dir + "/rgba.png", bgra);
+  EXPECT_EQ(io::read_image(dir + "/rgba.png").at<cv::Vec3b>(0, 0), cv::Vec3b(30, 20, 10));
+
+  cv::Mat deep(6, 6, CV_16UC3, cv::Scalar(0, 257 * 100, 65535));
+  cv::imwrite(dir + "/deep.png", deep);
+  EXPECT_EQ(io::read_image(dir + "/deep.png").at<cv::Vec3b>(2, 2), cv::Vec3b(255, 100, 0));
+}
+
+TEST(Images, BadFilesGiveOneClearErrorNamingTheFile) {
+  std::string dir = temp_dir("bad_images");
+  cv::Mat rgb = gradient_image(32, 32);
+  std::vector<uchar> png, jpg;
+  cv::imencode(".png", rgb, png);
+  cv::imencode(".jpg", rgb, jpg);
+  write_bytes(dir + "/empty.png", "");
+  write_bytes(dir + "/text.png", "this is a text file renamed to png\n");
+  write_bytes(dir + "/cut.png", std::string(png.begin(), png.begin() + png.size() / 2));
+  write_bytes(dir + "/cut.jpg", std::string(jpg.begin(), jpg.begin() + jpg.size() / 2));
+  std::string garbled(png.begin(), png.end());
+  for (size_t i = 40; i < garbled.size() - 40; ++i) garbled[i] = char(i * 31);
+  write_bytes(dir + "/garbled.png", garbled);
+  std::string garbled_jpg(jpg.begin(), jpg.end());
+  for (size_t i = garbled_jpg.size() / 3; i < 2 * garbled_jpg.size() / 3; ++i) garbled_jpg[i] = char(i * 31);
+  write_bytes(dir + "/garbled.jpg", garbled_jpg);
+  std::vector<std::pair<std::string, std::string>> cases = {
+      {"missing.png", "not found"},       {"empty.png", "is empty"},
+      {"text.png", "is not a PNG or JPEG"}, {"cut.png", "corrupt or truncated PNG"},
+      {"cut.jpg", "corrupt or truncated JPEG"}, {"garbled.png", "corrupt or truncated PNG"},
+      {"garbled.jpg", "corrupt or truncated JPEG"}};
+  for (const auto& c : cases) {
+    std::string m = msg_of([&] { io::read_image(dir + "/" + c.first); });
+    EXPECT_NE(m.find(c.second), std::string::npos) << c.first << ": " << m;
+    EXPECT_NE(m.find(c.first), std::string::npos) << c.first << ": " << m;
+  }
+}
+
+TEST(Preprocess, ImagenetPresetResizesCropsAndNormalises) {
+  cv::Mat img(300, 400, CV_8UC3, cv::Scalar(128, 64, 32));  // RGB
+  auto p = io::prepare(img, io::Preprocess::preset("imagenet"), 3);
+  ASSERT_EQ(p.tensor.sizes(), (std::vector<int64_t>{1, 3, 224, 224}));
+  EXPECT_EQ(p.display.rows, 224);
+  EXPECT_EQ(p.display.cols, 224);
+  float expected[3] = {(128 / 255.f - 0.485f) / 0.229f, (64 / 255.f - 0.456f) / 0.224f,
+                       (32 / 255.f - 0.406f) / 0.225f};
+  for (int c = 0; c < 3; ++c) EXPECT_NEAR(p.tensor[0][c][100][50].item<float>(), expected[c], 1e-5);
+}
+
+TEST(Preprocess, CenterCropKeepsTheMiddleAndNoneKeepsTheSize) {
+  // Shorter side 256 of a 256x512 image is a no-op resize; the crop takes columns 144..367.
+  cv::Mat img(256, 512, CV_8UC3, cv::Scalar(0, 0, 0));
+  img.colRange(144, 368).setTo(cv::Scalar(255, 255, 255));
+  auto p = io::prepare(img, io::Preprocess::preset("imagenet"), 3);
+  EXPECT_EQ(cv::countNonZero(p.display.reshape(1) != 255), 0);
+  auto q = io::prepare(gradient_image(20, 30), io::Preprocess::preset("none"), 3);
+  EXPECT_EQ(q.tensor.sizes(), (std::vector<int64_t>{1, 3, 20, 30}));
+  EXPECT_NEAR(q.tensor.max().item<float>(), 1.0f * 203 / 255, 1e-6);  // max of x*7 for x<30
+}
+
+TEST(Preprocess, GrayModelsGetOneChannelAndMismatchedMeanIsAnError) {
+  io::Preprocess pre;
+  pre.size_h = 8, pre.size_w = 8;
+  auto p = io::prepare(gradient_image(16, 16), pre, 1);
+  EXPECT_EQ(p.tensor.sizes(), (std::vector<int64_t>{1, 1, 8, 8}));
+  EXPECT_EQ(p.display.channels(), 3);
+  std::string m = msg_of([&] { io::prepare(gradient_image(16, 16), io::Preprocess::preset("imagenet"), 1); });
+  EXPECT_NE(m.find("--mean has 3 values but the model takes 1 channel"), std::string::npos) << m;
+}
+
+TEST(Render, ReductionsOverChannels) {
+  at::Tensor m = at::tensor({1.f, -3.f, 2.f, 0.f, -1.f, 4.f}).view({2, 1, 3});
+  cv::Mat maxabs = render::reduce(m, render::Reduce::MaxAbs);
+  cv::Mat abssum = render::reduce(m, render::Reduce::AbsSum);
+  EXPECT_EQ(maxabs.at<float>(0, 0), 1.f);
+  EXPECT_EQ(maxabs.at<float>(0, 1), 3.f);
+  EXPECT_EQ(maxabs.at<float>(0, 2), 4.f);
+  EXPECT_EQ(abssum.at<float>(0, 1), 4.f);
+  EXPECT_EQ(abssum.at<float>(0, 2), 6.f);
+}
+
+TEST(Render, ConstantMapsNormaliseToZerosNotNaN) {
+  cv::Mat c(5, 5, CV_32F, cv::Scalar(3.0f));
+  for (auto how : {render::Normalize::MinMax, render::Normalize::Percentile}) {
+    cv::Mat u = render::normalize(c, how);
+    EXPECT_EQ(cv::countNonZero(u), 0);
+    EXPECT_TRUE(cv::checkRange(u));
+  }
+  cv::Mat z = cv::Mat::zeros(4, 4, CV_32F);
+  EXPECT_EQ(cv::countNonZero(render::normalize(z, render::Normalize::Percentile)), 0);
+}
+
+TEST(Render, PercentileClipsTheTail) {
+  cv::Mat m(1, 1000, CV_32F);
+  for (int i = 0; i < 1000; ++i) m.at<float>(0, i) = float(i);
+  cv::Mat u = render::normalize(m, render::Normalize::Percentile, 99.0);
+  // The 99th percentile of 0..999 is 989 (nearest rank): 989 and above map to 1.
+  EXPECT_FLOAT_EQ(u.at<float>(0, 989), 1.0f);
+  EXPECT_FLOAT_EQ(u.at<float>(0, 999), 1.0f);
+  EXPECT_NEAR(u.at<float>(0, 500), 500.0f / 989.0f, 1e-6);
+  cv::Mat mm = render::normalize(m, render::Normalize::MinMax);
+  EXPECT_FLOAT_EQ(mm.at<float>(0, 999), 1.0f);
+  EXPECT_FLOAT_EQ(mm.at<float>(0, 0), 0.0f);
+}
+
+TEST(Render, ColormapsRunFromLowToHighAndOverlayBlends) {
+  cv::Mat u(1, 2, CV_32F);
+  u.at<float>(0, 0) = 0.f;
+  u.at<float>(0, 1) = 1.f;
+  cv::Mat jet = render::colorize(u, render::Colormap::Jet);
+  EXPECT_EQ(jet.at<cv::Vec3b>(0, 0), cv::Vec3b(0, 0, 128));  // RGB: dark blue
+  EXPECT_EQ(jet.at<cv::Vec3b>(0, 1), cv::Vec3b(128, 0, 0));  // dark red
+  cv::Mat vir = render::colorize(u, render::Colormap::Viridis);
+  EXPECT_GT(vir.at<cv::Vec3b>(0, 1)[0], 200);  // viridis ends yellow (R high)
+  EXPECT_GT(vir.at<cv::Vec3b>(0, 0)[2], vir.at<cv::Vec3b>(0, 0)[1]);  // starts purple-blue
+  cv::Mat img(1, 2, CV_8UC3, cv::Scalar(100, 100, 100));
+  EXPECT_EQ(cv::norm(render::overlay(img, jet, 0.0), img, cv::NORM_INF), 0);
+  EXPECT_EQ(cv::norm(render::overlay(img, jet, 1.0), jet, cv::NORM_INF), 0);
+  cv::Mat half = render::overlay(img, jet, 0.5);
+  EXPECT_EQ(half.at<cv::Vec3b>(0, 0), cv::Vec3b(50, 50, 114));
+}
+
+TEST(Render, PanelPlacesEveryCellAtTheRequestedSize) {
+  cv::Mat a(96, 96, CV_8UC3, cv::Scalar(255, 0, 0)), b(96, 96, CV_8UC3, cv::Scalar(0, 0, 255));
+  cv::Mat p = render::panel({{"input", a}, {"gradcam", b}}, "predicted: Bag", 192);
+  EXPECT_EQ(p.cols, 8 + 2 * (192 + 8));
+  EXPECT_EQ(p.rows, 28 + 24 + 192 + 8);
+  EXPECT_EQ(p.at<cv::Vec3b>(28 + 24 + 100, 8 + 100), cv::Vec3b(255, 0, 0));
+  EXPECT_EQ(p.at<cv::Vec3b>(28 + 24 + 100, 8 + 200 + 100), cv::Vec3b(0, 0, 255));
+}

@@ -1,0 +1,226 @@
+#include "helpers.hpp"
+
+using namespace testing_salient;
+using salient::Model;
+using salient::Target;
+
+namespace {
+
+std::string msg_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const salient::Error& e) {
+    return e.what();
+  }
+  return "<no error>";
+}
+
+// Every method, run once: used by the invariance tests.
+std::vector<std::pair<std::string, std::function<salient::Attribution(const Model&, const at::Tensor&)>>>
+all_methods() {
+  return {
+      {"vanilla", [](const Model& m, const at::Tensor& x) { return salient::vanilla_gradient(m, x); }},
+      {"smoothgrad",
+       [](const Model& m, const at::Tensor& x) {
+         return salient::smoothgrad(m, x, Target::predicted(), salient::SmoothGradOptions().n_samples(3));
+       }},
+      {"gradcam", [](const Model& m, const at::Tensor& x) { return salient::gradcam(m, x); }},
+  };
+}
+
+}  // namespace
+
+TEST(VanillaGradient, LinearModelGradientIsItsWeightRowForEachSamplesTarget) {
+  at::Tensor w = at::randn({4, 2 * 3 * 3}), b = at::randn({4});
+  auto model = Model::from_module(linear_model(w, b), "linear");
+  at::Tensor x = at::randn({3, 2, 3, 3});
+  auto a = salient::vanilla_gradient(model, x, Target::per_sample({2, 0, 3}));
+  ASSERT_EQ(a.map.sizes(), x.sizes());
+  EXPECT_TRUE(at::equal(a.map[0], w[2].view({2, 3, 3})));
+  EXPECT_TRUE(at::equal(a.map[1], w[0].view({2, 3, 3})));
+  EXPECT_TRUE(at::equal(a.map[2], w[3].view({2, 3, 3})));
+  EXPECT_EQ(to_vector(a.targets), (std::vector<int64_t>{2, 0, 3}));
+}
+
+TEST(VanillaGradient, ProbabilityScoreIsTheSoftmaxJacobianRow) {
+  at::Tensor w = at::randn({3, 4}), b = at::zeros({3});
+  auto model = Model::from_module(linear_model(w, b), "linear");
+  at::Tensor x = at::randn({1, 4, 1, 1});
+  auto a = salient::vanilla_gradient(model, x, Target::index(1),
+                                     salient::VanillaOptions().score(salient::Score::Probability));
+  at::Tensor p = at::softmax(at::matmul(x.flatten(1), w.t()), 1)[0];
+  // d p1 / dx = p1 * (w1 - sum_k p_k w_k)
+  at::Tensor expected = p[1] * (w[1] - (p.unsqueeze(1) * w).sum(0));
+  EXPECT_TRUE(close(a.map.flatten(), expected, 1e-7, 1e-5));
+}
+
+TEST(GradCam, OneConvModelEqualsHandComputedMap) {
+  const int64_t c = 5, k = 3;
+  at::Tensor cw = at::randn({c, 2, 3, 3}), cb = at::randn({c}), fw = at::randn({k, c});
+  auto model = Model::from_module(one_conv_model(cw, cb, fw), "one_conv");
+  at::Tensor x = at::randn({2, 2, 8, 10});
+  auto a = salient::gradcam(model, x, Target::per_sample({1, 2}), salient::GradCamOptions().layer("conv"));
+  // By hand: logit_t = sum_c V[t,c] mean(A_c), so d logit_t / d A_c = V[t,c] / (h w) everywhere.
+  at::Tensor act = at::conv2d(x, cw, cb);  // [2, c, 6, 8]
+  const double hw = 6.0 * 8.0;
+  for (int64_t n = 0; n < 2; ++n) {
+    int64_t t = n == 0 ? 1 : 2;
+    at::Tensor weights = fw[t] / hw;
+    at::Tensor raw = (weights.view({c, 1, 1}) * act[n]).sum(0, true);
+    EXPECT_TRUE(close(a.weights[n], weights, 1e-9, 1e-6));
+    EXPECT_TRUE(close(a.raw[n], raw, 1e-6, 1e-5));
+    EXPECT_TRUE(close(a.layer_map[n], at::relu(raw), 1e-6, 1e-5));
+  }
+  EXPECT_EQ(a.layer, "conv");
+  EXPECT_EQ(a.map.sizes(), (std::vector<int64_t>{2, 1, 8, 10}));
+  at::Tensor up = at::upsample_bilinear2d(at::relu(a.raw), {8, 10}, false);
+  EXPECT_TRUE(at::equal(a.map, up));
+}
+
+TEST(GradCam, ChoosesTheDefaultLayerWhenNoneIsGiven) {
+  auto model = Model::load(data("reference/smallcnn_traced.pt"));
+  auto a = salient::gradcam(model, reference()["input"], Target::per_sample({0, 1, 2, 3}));
+  EXPECT_EQ(a.layer, "features");  // same output as features.10
+  EXPECT_TRUE(matches_reference(a.raw, "captum_layer_gradcam_raw"));
+}
+
+TEST(GradCam, RejectsALayerWhoseOutputIsNot4D) {
+  auto model = Model::load(data("reference/smallcnn_traced.pt"));
+  std::string m = msg_of([&] { salient::gradcam(model, reference()["input"], Target::predicted(),
+                                                salient::GradCamOptions().layer("fc")); });
+  EXPECT_NE(m.find("layer 'fc' outputs [4, 10]"), std::string::npos) << m;
+}
+
+TEST(Targets, OutOfRangeTargetsAreRejected) {
+  auto model = Model::load(data("reference/smallcnn_traced.pt"));
+  at::Tensor x = reference()["input"];
+  std::string m = msg_of([&] { salient::vanilla_gradient(model, x, Target::index(10)); });
+  EXPECT_NE(m.find("target 10 out of range: the model has 10 classes"), std::string::npos) << m;
+  m = msg_of([&] { salient::gradcam(model, x, Target::per_sample({0, 1, -1, 2})); });
+  EXPECT_NE(m.find("target -1 out of range"), std::string::npos) << m;
+  m = msg_of([&] { salient::smoothgrad(model, x, Target::per_sample({0, 1})); });
+  EXPECT_NE(m.find("got 2 targets for a batch of 4"), std::string::npos) << m;
+}
+
+TEST(Targets, ScoreFunctionIsDifferentiated) {
+  at::Tensor w = at::randn({3, 4}), b = at::zeros({3});
+  auto model = Model::from_module(linear_model(w, b), "linear");
+  at::Tensor x = at::randn({2, 4, 1, 1});
+  auto t = Target::function([](const at::Tensor& out) { return out.select(1, 0) - out.select(1, 2); }, "0-2");
+  auto a = salient::vanilla_gradient(model, x, t);
+  EXPECT_TRUE(close(a.map[1].flatten(), w[0] - w[2], 1e-7, 1e-6));
+  EXPECT_EQ(to_vector(a.targets), (std::vector<int64_t>{-1, -1}));
+}
+
+TEST(Inputs, NonFiniteInputIsRejectedByEveryMethod) {
+  auto model = Model::load(data("reference/smallcnn_traced.pt"));
+  at::Tensor x = reference()["input"].clone();
+  x[1][0][3][3] = std::numeric_limits<float>::quiet_NaN();
+  for (const auto& m : all_methods()) {
+    std::string msg = msg_of([&] { m.second(model, x); });
+    EXPECT_NE(msg.find("non-finite"), std::string::npos) << m.first << ": " << msg;
+  }
+}
+
+TEST(Inputs, NonFiniteGradientsAreAnErrorNotAMap) {
+  auto model = Model::load(data("models/sqrt_scripted.pt"));
+  at::Tensor x = at::zeros({1, 3, 4, 4});
+  std::string msg = msg_of([&] { salient::vanilla_gradient(model, x); });
+  EXPECT_NE(msg.find("non-finite values (NaN or Inf) in the input gradient"), std::string::npos) << msg;
+}
+
+TEST(Invariants, ParametersGradsTrainingFlagAndInputAreUntouched) {
+  auto module = torch::jit::load(data("models/resnet_tiny_scripted.pt"));
+  module.train();
+  std::vector<at::Tensor> before, grads;
+  for (auto p : module.parameters()) {
+    ASSERT_TRUE(p.requires_grad());
+    p.mutable_grad() = at::full_like(p, 0.25);  // a caller's pending gradient
+    before.push_back(p.detach().clone());
+  }
+  auto model = Model::from_module(module);
+  at::Tensor x = at::randn({2, 3, 16, 16});
+  at::Tensor x_copy = x.clone();
+  for (const auto& m : all_methods()) {
+    SCOPED_TRACE(m.first);
+    auto a = m.second(model, x);
+    EXPECT_TRUE(at::equal(x, x_copy));
+    EXPECT_FALSE(x.requires_grad());
+    EXPECT_FALSE(a.map.requires_grad());
+    size_t i = 0;
+    for (auto p : module.parameters()) {
+      EXPECT_TRUE(at::equal(p.detach(), before[i++]));
+      ASSERT_TRUE(p.grad().defined());
+      EXPECT_TRUE(at::equal(p.grad(), at::full_like(p, 0.25)));
+    }
+    for (const auto& sub : module.modules()) EXPECT_TRUE(sub.is_training());
+  }
+}
+
+TEST(Invariants, TracedAndScriptedFormsGiveTheSameMaps) {
+  auto traced = Model::load(data("models/resnet_tiny_traced.pt"));
+  auto scripted = Model::load(data("models/resnet_tiny_scripted.pt"));
+  at::Tensor x = at::randn({2, 3, 16, 16});
+  for (const auto& m : all_methods()) {
+    auto a = m.second(traced, x), b = m.second(scripted, x);
+    EXPECT_TRUE(close(a.map, b.map, 1e-7, 1e-4)) << m.first;
+  }
+}
+
+TEST(Invariants, BatchedEqualsPerSample) {
+  auto model = Model::load(data("reference/smallcnn_traced.pt"));
+  at::Tensor x = reference()["input"];
+  for (const auto& m : all_methods()) {
+    auto batched = m.second(model, x);
+    for (int64_t i = 0; i < x.size(0); ++i) {
+      auto one = m.second(model, x.narrow(0, i, 1));
+      // SmoothGrad draws noise per batch, so only deterministic methods compare here.
+      if (m.first == "smoothgrad") continue;
+      EXPECT_TRUE(close(one.map[0], batched.map[i], 1e-9, 1e-4)) << m.first << " sample " << i;
+    }
+  }
+}
+
+TEST(SmoothGrad, ChunkedWithATinyBudgetEqualsOneBigBatch) {
+  auto model = Model::load(data("reference/smallcnn_traced.pt"));
+  at::Tensor x = reference()["input"];
+  auto opts = salient::SmoothGradOptions().n_samples(6).seed(3);
+  auto big = salient::smoothgrad(model, x, Target::predicted(), opts);
+  auto tiny = salient::smoothgrad(model, x, Target::predicted(), salient::SmoothGradOptions(opts).memory_budget(1));
+  auto odd = salient::smoothgrad(model, x, Target::predicted(),
+                                 salient::SmoothGradOptions(opts).memory_budget(3 * model.bytes_per_sample({3, 64, 64})));
+  EXPECT_EQ(salient::chunk_rows(model, x, 1), 1);
+  EXPECT_GE(salient::chunk_rows(model, x, int64_t(1) << 30), 24);
+  EXPECT_TRUE(close(tiny.map, big.map, 1e-10, 1e-4));
+  EXPECT_TRUE(close(odd.map, big.map, 1e-10, 1e-4));
+}
+
+TEST(SmoothGrad, SameSeedSameMapOtherSeedOtherMap) {
+  auto model = Model::load(data("reference/smallcnn_traced.pt"));
+  at::Tensor x = reference()["input"];
+  auto o = salient::SmoothGradOptions().n_samples(4);
+  auto a = salient::smoothgrad(model, x, Target::predicted(), salient::SmoothGradOptions(o).seed(11));
+  auto b = salient::smoothgrad(model, x, Target::predicted(), salient::SmoothGradOptions(o).seed(11));
+  auto c = salient::smoothgrad(model, x, Target::predicted(), salient::SmoothGradOptions(o).seed(12));
+  EXPECT_TRUE(at::equal(a.map, b.map));
+  EXPECT_FALSE(at::allclose(a.map, c.map));
+}
+
+TEST(SmoothGrad, ZeroNoiseEqualsVanilla) {
+  auto model = Model::load(data("reference/smallcnn_traced.pt"));
+  at::Tensor x = reference()["input"];
+  auto s = salient::smoothgrad(model, x, Target::per_sample({0, 1, 2, 3}),
+                               salient::SmoothGradOptions().n_samples(3).noise_level(0));
+  EXPECT_TRUE(matches_reference(s.map, "captum_saliency_noabs"));
+}
+
+TEST(SmoothGrad, RejectsBadOptions) {
+  auto model = Model::load(data("reference/smallcnn_traced.pt"));
+  at::Tensor x = reference()["input"];
+  EXPECT_NE(msg_of([&] { salient::smoothgrad(model, x, Target::predicted(), salient::SmoothGradOptions().n_samples(0)); })
+                .find("n_samples must be >= 1"),
+            std::string::npos);
+  EXPECT_NE(msg_of([&] { salient::smoothgrad(model, x, Target::predicted(), salient::SmoothGradOptions().noise_level(-1)); })
+                .find("noise_level must be >= 0"),
+            std::string::npos);
+}

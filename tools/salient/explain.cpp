@@ -1,0 +1,326 @@
+// salient explain: maps for images or a preprocessed tensor, written as .npy, PNG and JSON.
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <filesystem>
+#include <iostream>
+#include <set>
+
+#include "cli.hpp"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace salient {
+namespace cli {
+
+namespace {
+
+struct ExplainArgs {
+  std::string model;
+  std::vector<std::string> images;
+  std::string input;
+  std::string methods = "vanilla,smoothgrad,gradcam";
+  std::string layer;
+  std::string target = "predicted";
+  std::string targets;
+  std::string score = "logit";
+  std::string preset = "imagenet";
+  std::string size, mean, std;
+  std::string labels;
+  std::string out;
+  std::string save = "png,npy,json";
+  int64_t n_samples = 20;
+  double noise_level = 0.15;
+  uint64_t seed = 0;
+  std::string memory_budget = "1G";
+  std::string colormap = "jet";
+  std::string reduce = "max-abs";
+  double percentile = 99.5;
+  double alpha = 0.5;
+};
+
+// One input sample: where it came from, what the model sees and what we draw on.
+struct Sample {
+  std::string source;  // file
+  std::string stem;    // output name prefix
+  int64_t index = -1;  // row in a .npy batch
+  at::Tensor x;        // [1, C, H, W]
+  cv::Mat display;
+};
+
+double ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+json method_params(const std::string& m, const MethodSettings& s, const std::string& layer, bool layer_auto) {
+  json p = {{"score", to_string(s.score)}};
+  if (m == "smoothgrad") {
+    p["n_samples"] = s.smoothgrad.n_samples();
+    p["noise_level"] = s.smoothgrad.noise_level();
+    p["seed"] = s.smoothgrad.seed();
+    p["memory_budget"] = s.smoothgrad.memory_budget();
+  }
+  if (is_cam_method(m)) {
+    p["layer"] = layer;
+    p["layer_auto"] = layer_auto;
+  }
+  return p;
+}
+
+int run_explain(const ExplainArgs& a) {
+  auto t_start = std::chrono::steady_clock::now();
+  // Everything the user can get wrong is checked before the first file is written.
+  std::vector<std::string> methods = split(a.methods, ',');
+  SALIENT_CHECK(!methods.empty(), "--method: no method given");
+  for (const auto& m : methods)
+    SALIENT_CHECK(std::find(kMethods.begin(), kMethods.end(), m) != kMethods.end(), "--method: unknown method '",
+                  m, "'; available: vanilla, smoothgrad, gradcam");
+  std::set<std::string> save;
+  for (const auto& s : split(a.save, ',')) {
+    SALIENT_CHECK(s == "png" || s == "npy" || s == "json", "--save: unknown kind '", s, "'; use png,npy,json");
+    save.insert(s);
+  }
+  SALIENT_CHECK(a.images.empty() != a.input.empty(), "give either --image FILE... or --input X.npy");
+  SALIENT_CHECK(a.target == "predicted" || a.targets.empty(), "give --target or --targets, not both");
+
+  MethodSettings settings;
+  settings.score = score_from_string(a.score);
+  settings.layer = a.layer;
+  settings.smoothgrad.n_samples(a.n_samples).noise_level(a.noise_level).seed(a.seed).memory_budget(
+      parse_bytes(a.memory_budget, "--memory-budget"));
+  SALIENT_CHECK(a.n_samples >= 1, "--n-samples must be >= 1, got ", a.n_samples);
+  SALIENT_CHECK(a.noise_level >= 0, "--noise-level must be >= 0, got ", a.noise_level);
+  RenderSettings render;
+  render.colormap = salient::render::colormap_from_string(a.colormap);
+  render.reduce = salient::render::reduce_from_string(a.reduce);
+  render.percentile = a.percentile;
+  render.alpha = a.alpha;
+  SALIENT_CHECK(a.percentile > 0 && a.percentile <= 100, "--percentile must be in (0, 100]");
+  SALIENT_CHECK(a.alpha >= 0 && a.alpha <= 1, "--alpha must be in [0, 1]");
+
+  salient::io::Preprocess pre = salient::io::Preprocess::preset(a.preset);
+  if (!a.size.empty()) {
+    auto hw = parse_dims(a.size, "--size");
+    SALIENT_CHECK(hw.size() == 2, "--size: expected HxW, got '", a.size, "'");
+    pre.size_h = static_cast<int>(hw[0]), pre.size_w = static_cast<int>(hw[1]);
+    pre.resize_shorter = pre.crop_h = pre.crop_w = 0;
+  }
+  if (!a.mean.empty()) pre.mean = parse_floats(a.mean, "--mean");
+  if (!a.std.empty()) pre.std = parse_floats(a.std, "--std");
+  std::vector<std::string> labels;
+  if (!a.labels.empty()) labels = salient::io::read_labels(a.labels);
+
+  ensure_writable_dir(a.out);
+  auto t0 = std::chrono::steady_clock::now();
+  salient::Model model = salient::Model::load(a.model);
+  double load_ms = ms_since(t0);
+
+  // Inputs.
+  std::vector<Sample> samples;
+  if (!a.input.empty()) {
+    at::Tensor x = salient::io::read_npy(a.input);
+    if (x.dim() == 3) x = x.unsqueeze(0);
+    SALIENT_CHECK(x.dim() == 4 && x.size(0) > 0, "--input '", a.input, "' has shape ",
+                  x.sizes(), "; expected float32 [N, C, H, W]");
+    SALIENT_CHECK(at::isFloatingType(x.scalar_type()), "--input '", a.input, "' must hold floats");
+    SALIENT_CHECK(at::isfinite(x).all().item<bool>(), "--input '", a.input,
+                  "' contains non-finite values (NaN or Inf)");
+    std::string stem = fs::path(a.input).stem().string();
+    bool user_norm = !a.mean.empty() || !a.std.empty();
+    for (int64_t i = 0; i < x.size(0); ++i) {
+      Sample s{a.input, stem, i, x.narrow(0, i, 1), {}};
+      at::Tensor shown = x[i];
+      if (!user_norm) shown = (shown - shown.min()) / (shown.max() - shown.min() + 1e-12);
+      salient::io::Preprocess view;  // identity unless the user said how the tensor was normalised
+      if (user_norm) view = pre;
+      s.display = salient::io::tensor_to_image(shown, view);
+      samples.push_back(std::move(s));
+    }
+  } else {
+    int64_t channels = model.input_channels();
+    if (channels != 1) channels = 3;
+    std::set<std::string> stems;
+    for (const auto& path : a.images) {
+      cv::Mat rgb = salient::io::read_image(path);
+      auto prepared = salient::io::prepare(rgb, pre, static_cast<int>(channels));
+      std::string stem = fs::path(path).stem().string();
+      SALIENT_CHECK(stems.insert(stem).second, "two inputs share the name '", stem,
+                    "'; their outputs would overwrite each other");
+      samples.push_back({path, stem, -1, prepared.tensor, prepared.display});
+    }
+  }
+  const int64_t total = static_cast<int64_t>(samples.size());
+  std::vector<int64_t> explicit_targets;
+  if (!a.targets.empty()) {
+    for (const auto& t : split(a.targets, ',')) explicit_targets.push_back(parse_int(t, "--targets"));
+    SALIENT_CHECK(static_cast<int64_t>(explicit_targets.size()) == total, "--targets has ",
+                  explicit_targets.size(), " values for ", total, " input(s)");
+  } else if (a.target != "predicted") {
+    explicit_targets.assign(total, parse_int(a.target, "--target"));
+  }
+
+  // Samples of equal shape run as one batch.
+  std::map<std::vector<int64_t>, std::vector<int64_t>> groups;
+  for (int64_t i = 0; i < total; ++i) groups[samples[i].x.sizes().vec()].push_back(i);
+
+  std::vector<at::Tensor> probs(total);
+  std::vector<int64_t> predicted(total), targets(total);
+  std::map<std::string, std::vector<at::Tensor>> maps;  // method -> per sample [1, ...]
+  std::map<std::string, std::vector<double>> times;     // method -> per sample ms
+  std::map<std::string, std::string> layer_used;
+  std::vector<double> forward_ms(total);
+  for (const auto& g : groups) {
+    std::vector<at::Tensor> xs;
+    for (auto i : g.second) xs.push_back(samples[i].x);
+    at::Tensor x = at::cat(xs);
+    auto tf = std::chrono::steady_clock::now();
+    at::Tensor out = model.predict(x);
+    double f_ms = ms_since(tf) / static_cast<double>(g.second.size());
+    at::Tensor p = at::softmax(out, 1);
+    std::vector<int64_t> group_targets;
+    for (size_t j = 0; j < g.second.size(); ++j) {
+      int64_t i = g.second[j];
+      forward_ms[i] = f_ms;
+      probs[i] = p[j];
+      predicted[i] = out[j].argmax().item<int64_t>();
+      targets[i] = explicit_targets.empty() ? predicted[i] : explicit_targets[i];
+      group_targets.push_back(targets[i]);
+    }
+    // Range-checked here, once, before any method runs.
+    salient::Target target = salient::Target::per_sample(group_targets);
+    target.resolve(out);
+    for (const auto& m : methods) {
+      MethodSettings s = settings;
+      if (is_cam_method(m) && s.layer.empty()) {
+        s.layer = model.default_cam_layer(g.first.size() == 4 ? std::vector<int64_t>(g.first.begin() + 1, g.first.end())
+                                                               : g.first);
+        if (!layer_used.count(m))
+          std::cerr << m << ": using layer '" << s.layer
+                    << "' (last module with a spatial 4-D output); pass --layer to choose another\n";
+      }
+      auto tm = std::chrono::steady_clock::now();
+      auto attribution = run_method(m, model, x, target, s);
+      double m_ms = ms_since(tm) / static_cast<double>(g.second.size());
+      layer_used[m] = attribution.layer;
+      for (size_t j = 0; j < g.second.size(); ++j) {
+        int64_t i = g.second[j];
+        maps[m].resize(total);
+        times[m].resize(total);
+        maps[m][i] = attribution.map.narrow(0, static_cast<int64_t>(j), 1);
+        times[m][i] = m_ms;
+      }
+    }
+  }
+
+  // Outputs: all computed; now write.
+  json summary;
+  summary["model"] = a.model;
+  summary["preprocess"] = a.input.empty() ? pre.describe() : "none (tensor input)";
+  summary["score"] = to_string(settings.score);
+  summary["methods"] = json::object();
+  for (const auto& m : methods)
+    summary["methods"][m] = method_params(m, settings, layer_used[m], settings.layer.empty());
+  summary["images"] = json::array();
+  auto path_in_out = [&](const std::string& name) { return (fs::path(a.out) / name).string(); };
+
+  // .npy: one file per (input file, method); rows in input order.
+  if (save.count("npy")) {
+    std::map<std::string, std::vector<int64_t>> by_stem;
+    for (int64_t i = 0; i < total; ++i) by_stem[samples[i].stem].push_back(i);
+    for (const auto& kv : by_stem)
+      for (const auto& m : methods) {
+        std::vector<at::Tensor> rows;
+        for (auto i : kv.second) rows.push_back(maps[m][i]);
+        salient::io::write_npy(path_in_out(kv.first + "." + m + ".npy"), at::cat(rows));
+      }
+  }
+  for (int64_t i = 0; i < total; ++i) {
+    const Sample& s = samples[i];
+    std::string name = s.index >= 0 && total > 1 ? s.stem + "_" + std::to_string(s.index) : s.stem;
+    json img;
+    img["input"] = s.source;
+    if (s.index >= 0) img["index"] = s.index;
+    img["stem"] = s.stem;
+    img["predicted"] = predicted[i];
+    img["probability"] = probs[i][predicted[i]].item<double>();
+    img["target"] = targets[i];
+    img["target_probability"] = probs[i][targets[i]].item<double>();
+    if (!labels.empty()) {
+      img["predicted_label"] = label_of(labels, predicted[i]);
+      img["target_label"] = label_of(labels, targets[i]);
+    }
+    img["timings_ms"] = {{"forward", forward_ms[i]}};
+    img["methods"] = json::object();
+    std::vector<salient::render::Cell> cells{{"input", s.display}};
+    for (const auto& m : methods) {
+      json mj = method_params(m, settings, layer_used[m], settings.layer.empty());
+      mj["shape"] = maps[m][i].sizes().vec();
+      if (save.count("npy")) mj["npy"] = s.stem + "." + m + ".npy";
+      img["timings_ms"][m] = times[m][i];
+      cv::Mat view = overlay_map(s.display, maps[m][i][0], is_cam_method(m), render);
+      if (save.count("png")) {
+        mj["png"] = name + "." + m + ".png";
+        salient::io::write_png(path_in_out(name + "." + m + ".png"), view);
+      }
+      cells.push_back({m, view});
+      img["methods"][m] = mj;
+    }
+    if (save.count("png")) {
+      std::string caption = "predicted: " + label_of(labels, predicted[i]) + " (" +
+                            std::to_string(static_cast<int>(std::lround(100 * probs[i][predicted[i]].item<double>()))) +
+                            "%)   target: " + label_of(labels, targets[i]);
+      int cell = std::max(224, std::min(448, s.display.cols));
+      salient::io::write_png(path_in_out(name + ".panel.png"), salient::render::panel(cells, caption, cell));
+      img["panel"] = name + ".panel.png";
+    }
+    summary["images"].push_back(img);
+  }
+  summary["timings_ms"] = {{"load_model", load_ms}, {"total", ms_since(t_start)}};
+  if (save.count("json")) salient::io::write_file_atomic(path_in_out("summary.json"), summary.dump(2) + "\n");
+
+  for (int64_t i = 0; i < total; ++i)
+    std::cout << samples[i].stem << (samples[i].index >= 0 ? "[" + std::to_string(samples[i].index) + "]" : "")
+              << ": predicted " << label_of(labels, predicted[i]) << " (" << probs[i][predicted[i]].item<double>()
+              << "), explained " << label_of(labels, targets[i]) << "\n";
+  std::cout << "wrote " << a.out << "\n";
+  return 0;
+}
+
+}  // namespace
+
+Runner add_explain(CLI::App& app) {
+  auto a = std::make_shared<ExplainArgs>();
+  app.add_option("--model,-m", a->model, "TorchScript model file (torch.jit.trace/script output)")->required();
+  app.add_option("--image,-i", a->images, "PNG or JPEG image(s)");
+  app.add_option("--input", a->input, ".npy float32 [N,C,H,W], already preprocessed");
+  app.add_option("--method", a->methods, "Comma-separated methods: vanilla, smoothgrad, gradcam")->capture_default_str();
+  app.add_option("--layer", a->layer, "Module path for CAM methods (default: automatic; see 'salient layers')");
+  app.add_option("--target", a->target, "Class index for every input, or 'predicted'")->capture_default_str();
+  app.add_option("--targets", a->targets, "Comma-separated class index per input");
+  app.add_option("--score", a->score, "What is explained: logit or probability (softmax)")->capture_default_str();
+  app.add_option("--preset", a->preset, "Preprocessing: imagenet or none")->capture_default_str();
+  app.add_option("--size", a->size, "Resize images to HxW (replaces the preset's resize and crop)");
+  app.add_option("--mean", a->mean, "Per-channel mean, comma-separated");
+  app.add_option("--std", a->std, "Per-channel std, comma-separated");
+  app.add_option("--labels", a->labels, "Class names, one per line");
+  app.add_option("--out,-o", a->out, "Output directory")->required();
+  app.add_option("--save", a->save, "What to write: png,npy,json")->capture_default_str();
+  app.add_option("--n-samples,--samples", a->n_samples, "SmoothGrad: noisy samples")->capture_default_str();
+  app.add_option("--noise-level", a->noise_level, "SmoothGrad: noise std / (max - min) of the input")->capture_default_str();
+  app.add_option("--seed", a->seed, "Random seed")->capture_default_str();
+  app.add_option("--memory-budget", a->memory_budget, "Memory for sample batches, e.g. 512M, 2G")->capture_default_str();
+  app.add_option("--colormap", a->colormap, "jet, viridis, inferno or turbo")->capture_default_str();
+  app.add_option("--reduce", a->reduce, "Channel reduction for gradient maps: max-abs, abs-sum or sum")->capture_default_str();
+  app.add_option("--percentile", a->percentile, "Clip gradient maps at this percentile")->capture_default_str();
+  app.add_option("--alpha", a->alpha, "Heatmap opacity in overlays")->capture_default_str();
+  app.footer(
+      "Writes DIR/<stem>.<method>.npy (raw map: [N,C,H,W] for gradient methods, [N,1,H,W] for CAM methods),\n"
+      "DIR/<stem>.<method>.png overlays, DIR/<stem>.panel.png and DIR/summary.json.\n"
+      "Exit code 0 on success, 2 on bad usage or bad input.");
+  return [a] { return run_explain(*a); };
+}
+
+}  // namespace cli
+}  // namespace salient

@@ -1,0 +1,43 @@
+// salient: saliency maps for TorchScript image classifiers, from the command line.
+#include <c10/util/Exception.h>
+#include <opencv2/core/utils/logger.hpp>
+
+#include <iostream>
+
+#include "cli.hpp"
+
+int main(int argc, char** argv) {
+  cv::utils::logging::setLogLevel(cv::utils::logging::LOG_LEVEL_SILENT);
+  CLI::App app{"salient: which pixels made an image classifier decide what it decided"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "salient 0.1.0");
+  std::vector<std::pair<CLI::App*, salient::cli::Runner>> commands;
+  auto add = [&](const char* name, const char* help, salient::cli::Runner (*setup)(CLI::App&)) {
+    CLI::App* sub = app.add_subcommand(name, help);
+    commands.emplace_back(sub, setup(*sub));
+  };
+  add("explain", "Explain the predictions of a TorchScript model on images or a tensor",
+      salient::cli::add_explain);
+  add("layers", "List a model's layers with their output shapes", salient::cli::add_layers);
+  add("demo", "Explain the bundled demo model on its sample images", salient::cli::add_demo);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int code = app.exit(e);
+    return code == 0 ? 0 : 2;
+  }
+  try {
+    for (auto& c : commands)
+      if (c.first->parsed()) return c.second();
+  } catch (const salient::Error& e) {
+    std::cerr << "salient: error: " << e.what() << "\n";
+    return 2;
+  } catch (const c10::Error& e) {
+    std::cerr << "salient: internal error: " << e.what_without_backtrace() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "salient: internal error: " << e.what() << "\n";
+    return 1;
+  }
+  return 2;
+}
