@@ -1,1 +1,216 @@
+// The salient command line: the .npy contract other tools rely on, and one clear error
+// line with exit code 2 for each kind of bad input.
+#include <nlohmann/json.hpp>
+#include <opencv2/core.hpp>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
 #include "helpers.hpp"
+
+using namespace testing_salient;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct CliRun {
+  int code = -1;
+  std::string out;
+  std::vector<std::string> lines() const {
+    std::vector<std::string> v;
+    std::istringstream is(out);
+    std::string l;
+    while (std::getline(is, l))
+      if (!l.empty()) v.push_back(l);
+    return v;
+  }
+};
+
+CliRun salient_cli(const std::string& args) {
+  CliRun r;
+  std::string cmd = std::string(SALIENT_CLI) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) r.out.append(buf, n);
+  int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+std::string ref_model() { return data("reference/smallcnn_traced.pt"); }
+
+size_t files_in(const std::string& dir) {
+  if (!fs::exists(dir)) return 0;
+  return static_cast<size_t>(std::distance(fs::directory_iterator(dir), fs::directory_iterator()));
+}
+
+// A bad input: exit code 2, one error line naming the problem, no output files.
+void expect_bad_input(const std::string& args, const std::string& out_dir, const std::string& expected) {
+  CliRun r = salient_cli(args + " --out " + out_dir);
+  EXPECT_EQ(r.code, 2) << args << "\n" << r.out;
+  auto lines = r.lines();
+  ASSERT_EQ(lines.size(), 1u) << args << "\n" << r.out;
+  EXPECT_EQ(lines[0].rfind("salient: error: ", 0), 0u) << lines[0];
+  EXPECT_NE(lines[0].find(expected), std::string::npos) << "expected '" << expected << "' in: " << lines[0];
+  EXPECT_EQ(files_in(out_dir), 0u) << args;
+}
+
+}  // namespace
+
+TEST(Cli, ExplainWritesTheNpyContractOnTheReferenceModel) {
+  std::string dir = temp_dir("cli_contract");
+  salient::io::write_npy(dir + "/batch.npy", reference()["input"]);
+  std::string out = dir + "/out";
+  CliRun r = salient_cli("explain --model " + ref_model() + " --input " + dir +
+                      "/batch.npy --method vanilla,smoothgrad,gradcam --layer features.10 --targets 0,1,2,3 "
+                      "--n-samples 4 --save npy,json --out " + out);
+  ASSERT_EQ(r.code, 0) << r.out;
+  at::Tensor vanilla = salient::io::read_npy(out + "/batch.vanilla.npy");
+  at::Tensor smooth = salient::io::read_npy(out + "/batch.smoothgrad.npy");
+  at::Tensor cam = salient::io::read_npy(out + "/batch.gradcam.npy");
+  EXPECT_TRUE(matches_reference(vanilla, "captum_saliency_noabs"));
+  EXPECT_EQ(smooth.sizes(), (std::vector<int64_t>{4, 3, 64, 64}));
+  EXPECT_TRUE(at::isfinite(smooth).all().item<bool>());
+  // CAM contract: [N,1,H,W], upsampled (bilinear, align_corners=false), after ReLU, not normalised.
+  at::Tensor expected = at::upsample_bilinear2d(reference()["captum_layer_gradcam_relu"], {64, 64}, false);
+  EXPECT_TRUE(close(cam, expected, 2e-8, 1e-4));
+  EXPECT_FALSE(fs::exists(out + "/batch_0.panel.png"));  // --save without png
+
+  std::ifstream f(out + "/summary.json");
+  auto s = nlohmann::json::parse(f);
+  ASSERT_EQ(s["images"].size(), 4u);
+  at::Tensor pred = reference()["logits"].argmax(1);
+  for (int i = 0; i < 4; ++i) {
+    const auto& img = s["images"][i];
+    EXPECT_EQ(img["index"], i);
+    EXPECT_EQ(img["target"], i);
+    EXPECT_EQ(img["predicted"], pred[i].item<int64_t>());
+    EXPECT_GT(img["probability"].get<double>(), 0.0);
+    EXPECT_EQ(img["methods"]["gradcam"]["layer"], "features.10");
+    EXPECT_EQ(img["methods"]["smoothgrad"]["n_samples"], 4);
+    EXPECT_TRUE(img["timings_ms"].contains("gradcam"));
+  }
+}
+
+TEST(Cli, ExplainImagesWritesPanelsLabelsAndChoosesTheLayer) {
+  std::string dir = temp_dir("cli_images");
+  cv::Mat img(80, 100, CV_8UC3);
+  cv::randu(img, 0, 255);
+  salient::io::write_png(dir + "/cat.png", img);
+  { std::ofstream(dir + "/labels.txt") << "zero\none\ntwo\nthree\nfour\nfive\nsix\nseven\neight\nnine\n"; }
+  std::string out = dir + "/out";
+  CliRun r = salient_cli("explain --model " + ref_model() + " --image " + dir + "/cat.png --preset none --size 64x64 " +
+                      "--labels " + dir + "/labels.txt --method gradcam,vanilla --out " + out);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("gradcam: using layer 'features'"), std::string::npos) << r.out;
+  EXPECT_EQ(salient::io::read_npy(out + "/cat.gradcam.npy").sizes(), (std::vector<int64_t>{1, 1, 64, 64}));
+  EXPECT_EQ(salient::io::read_npy(out + "/cat.vanilla.npy").sizes(), (std::vector<int64_t>{1, 3, 64, 64}));
+  cv::Mat panel = salient::io::read_image(out + "/cat.panel.png");
+  EXPECT_EQ(panel.cols, 8 + 3 * (224 + 8));
+  EXPECT_TRUE(fs::exists(out + "/cat.gradcam.png"));
+  std::ifstream f(out + "/summary.json");
+  auto s = nlohmann::json::parse(f);
+  const auto& j = s["images"][0];
+  EXPECT_EQ(j["stem"], "cat");
+  const std::vector<std::string> names = {"zero", "one", "two", "three", "four",
+                                         "five", "six", "seven", "eight", "nine"};
+  EXPECT_EQ(j["predicted_label"], names[j["predicted"].get<int>()]);
+  EXPECT_EQ(j["methods"]["gradcam"]["layer_auto"], true);
+}
+
+TEST(Cli, BadImagesAreOneLineErrorsWithExitCode2) {
+  std::string dir = temp_dir("cli_bad_images");
+  std::ofstream(dir + "/empty.png").close();
+  { std::ofstream(dir + "/notes.png") << "just text\n"; }
+  cv::Mat img(32, 32, CV_8UC3, cv::Scalar(1, 2, 3));
+  salient::io::write_png(dir + "/good.png", img);
+  std::string bytes;
+  {
+    std::ifstream g(dir + "/good.png", std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(g), {});
+  }
+  { std::ofstream(dir + "/cut.png", std::ios::binary) << bytes.substr(0, bytes.size() - 20); }
+  std::string base = "explain --model " + ref_model() + " --preset none --method vanilla --image ";
+  expect_bad_input(base + dir + "/missing.png", dir + "/o1", "image '" + dir + "/missing.png' not found");
+  expect_bad_input(base + dir + "/empty.png", dir + "/o2", "is empty");
+  expect_bad_input(base + dir + "/notes.png", dir + "/o3", "is not a PNG or JPEG file");
+  expect_bad_input(base + dir + "/cut.png", dir + "/o4", "corrupt or truncated PNG");
+  // The good image before a bad one is not written either.
+  expect_bad_input(base + dir + "/good.png " + dir + "/cut.png", dir + "/o5", "cut.png");
+}
+
+TEST(Cli, BadModelsLayersAndTargetsAreOneLineErrors) {
+  std::string dir = temp_dir("cli_bad_model");
+  salient::io::write_npy(dir + "/x.npy", reference()["input"]);
+  { std::ofstream(dir + "/model.pt") << "not a model"; }
+  std::string x = " --input " + dir + "/x.npy";
+  expect_bad_input("explain --model " + dir + "/model.pt" + x, dir + "/o1", "is not a TorchScript model");
+  expect_bad_input("explain --model " + dir + "/none.pt" + x, dir + "/o2", "not found");
+  expect_bad_input("explain --model " + ref_model() + x + " --method gradcam --layer features.99", dir + "/o3",
+                   "unknown layer 'features.99'");
+  CliRun r = salient_cli("explain --model " + ref_model() + x + " --method gradcam --layer features.99 --out " + dir + "/o3");
+  EXPECT_NE(r.out.find("closest: features.9"), std::string::npos) << r.out;
+  expect_bad_input("explain --model " + ref_model() + x + " --method gradcam --layer fc", dir + "/o4",
+                   "layer 'fc' outputs [4, 10]; Grad-CAM needs a 4-D");
+  expect_bad_input("explain --model " + ref_model() + x + " --method vanilla --target 10", dir + "/o5",
+                   "target 10 out of range: the model has 10 classes");
+  expect_bad_input("explain --model " + ref_model() + x + " --method vanilla --targets 1,2", dir + "/o6",
+                   "--targets has 2 values for 4 input(s)");
+  expect_bad_input("explain --model " + ref_model() + x + " --method magic", dir + "/o7", "unknown method 'magic'");
+}
+
+TEST(Cli, BadTensorsAndNonFiniteGradientsAreOneLineErrors) {
+  std::string dir = temp_dir("cli_bad_tensor");
+  salient::io::write_npy(dir + "/gray.npy", at::zeros({1, 1, 64, 64}));
+  at::Tensor nan = reference()["input"].clone();
+  nan[0][0][0][0] = std::numeric_limits<float>::quiet_NaN();
+  salient::io::write_npy(dir + "/nan.npy", nan);
+  salient::io::write_npy(dir + "/zeros.npy", at::zeros({1, 3, 4, 4}));
+  std::string m = "explain --model " + ref_model() + " --method vanilla --input ";
+  expect_bad_input(m + dir + "/gray.npy", dir + "/o1", "failed on input of shape [1, 1, 64, 64]");
+  expect_bad_input(m + dir + "/nan.npy", dir + "/o2", "contains non-finite values");
+  expect_bad_input("explain --model " + data("models/sqrt_scripted.pt") + " --method vanilla --input " + dir +
+                       "/zeros.npy",
+                   dir + "/o3", "non-finite values (NaN or Inf) in the input gradient");
+}
+
+TEST(Cli, UnwritableOutputDirectoryIsAnError) {
+  std::string dir = temp_dir("cli_unwritable");
+  salient::io::write_npy(dir + "/x.npy", reference()["input"]);
+  { std::ofstream(dir + "/file") << "x"; }
+  CliRun r = salient_cli("explain --model " + ref_model() + " --method vanilla --input " + dir + "/x.npy --out " + dir +
+                      "/file/sub");
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("output directory '" + dir + "/file/sub' cannot be created"), std::string::npos) << r.out;
+}
+
+TEST(Cli, BadUsageExitsWith2AndHelpWith0) {
+  EXPECT_EQ(salient_cli("explain --input x.npy --out o").code, 2);  // --model missing
+  EXPECT_EQ(salient_cli("explain --model m.pt --out o --frobnicate").code, 2);
+  EXPECT_EQ(salient_cli("").code, 2);
+  for (const char* sub : {"explain", "layers", "demo"}) {
+    CliRun r = salient_cli(std::string(sub) + " --help");
+    EXPECT_EQ(r.code, 0) << sub;
+    EXPECT_NE(r.out.find("Usage"), std::string::npos) << sub << r.out;
+  }
+}
+
+TEST(Cli, LayersPrintsPathsShapesAndTheDefaultCamLayer) {
+  CliRun r = salient_cli("layers " + ref_model() + " --input-size 3x64x64");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("features.10  ReLU"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("[1, 64, 16, 16]  <- default CAM layer"), std::string::npos) << r.out;
+  CliRun j = salient_cli("layers " + ref_model() + " --input-size 3x64x64 --json");
+  auto arr = nlohmann::json::parse(j.out);
+  EXPECT_EQ(arr.size(), 14u);
+  EXPECT_EQ(arr[11]["path"], "features.10");
+  EXPECT_EQ(arr[11]["shape"], (std::vector<int64_t>{1, 64, 16, 16}));
+  CliRun bad = salient_cli("layers " + ref_model() + " --input-size 3x64");
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_EQ(bad.lines().size(), 1u) << bad.out;
+  EXPECT_NE(bad.out.find("--input-size: expected CxHxW"), std::string::npos) << bad.out;
+}
