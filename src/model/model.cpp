@@ -160,8 +160,9 @@ Model Model::load(const std::string& path) {
   SALIENT_CHECK(impl->module.find_method("forward").has_value(), "model file '", path,
                 "' has no forward method");
   // Our own copy: attribution never needs parameter gradients, so autograd records
-  // nothing for them.
+  // nothing for them; and it always runs in eval mode, so set that once.
   for (auto p : impl->module.parameters()) p.requires_grad_(false);
+  impl->module.eval();
   impl->init();
   return Model(impl);
 }
