@@ -4,6 +4,7 @@
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/script.h>
 
+#include <functional>
 #include <map>
 #include <string>
 
@@ -25,6 +26,9 @@ const Reference& reference();
 // |a - b| <= atol + rtol |b| elementwise; on failure reports the worst element.
 ::testing::AssertionResult close(const at::Tensor& a, const at::Tensor& b, double atol, double rtol);
 ::testing::AssertionResult matches_reference(const at::Tensor& ours, const std::string& name);
+
+// The message of the salient::Error that f throws, or "<no error>".
+std::string msg_of(const std::function<void()>& f);
 
 std::vector<int64_t> to_vector(const at::Tensor& t);  // int64 tensor -> vector
 

@@ -60,6 +60,15 @@ const Reference& reference() {
   return r;
 }
 
+std::string msg_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const salient::Error& e) {
+    return e.what();
+  }
+  return "<no error>";
+}
+
 std::vector<int64_t> to_vector(const at::Tensor& t) {
   at::Tensor c = t.to(at::kLong).contiguous();
   return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());

@@ -12,14 +12,6 @@ namespace render = salient::render;
 
 namespace {
 
-std::string msg_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const salient::Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
 
 void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary) << bytes;

@@ -6,14 +6,6 @@ using salient::Target;
 
 namespace {
 
-std::string msg_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const salient::Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
 
 // Every method, run once: used by the invariance tests.
 std::vector<std::pair<std::string, std::function<salient::Attribution(const Model&, const at::Tensor&)>>>

@@ -6,14 +6,6 @@ using salient::Model;
 
 namespace {
 
-std::string msg_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const salient::Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
 
 }  // namespace
 

@@ -126,7 +126,10 @@ struct Model::Impl {
   }
 
   void init() {
-    graph = std::make_unique<model::TapGraph>(module.get_method("forward").graph());
+    auto forward = module.get_method("forward").graph();
+    SALIENT_CHECK(forward->inputs().size() == 2, "model '", name, "': forward takes ", forward->inputs().size() - 1,
+                  " inputs; salient explains models that take one image batch");
+    graph = std::make_unique<model::TapGraph>(forward);
     for (const auto& nm : module.named_modules()) {
       if (nm.name.empty()) continue;
       std::string kind;

@@ -26,62 +26,58 @@ std::vector<std::string> split(const std::string& s, char sep) {
   return out;
 }
 
+namespace {
+
+// Parses all of `s` with `parse` (std::stoll, std::stod): false if any of it is left.
+template <typename T, typename F>
+bool parse_all(const std::string& s, F parse, T* out) {
+  size_t used = 0;
+  try {
+    *out = parse(s, &used);
+  } catch (const std::exception&) {
+    return false;
+  }
+  return used > 0 && used == s.size();
+}
+
+long long to_ll(const std::string& s, size_t* used) { return std::stoll(s, used); }
+double to_d(const std::string& s, size_t* used) { return std::stod(s, used); }
+
+}  // namespace
+
+int64_t parse_int(const std::string& s, const char* flag) {
+  long long v = 0;
+  SALIENT_CHECK(parse_all(s, to_ll, &v), flag, ": '", s, "' is not an integer");
+  return v;
+}
+
 std::vector<int64_t> parse_dims(const std::string& s, const char* flag) {
   std::vector<int64_t> dims;
   for (const auto& part : split(s, 'x')) {
-    size_t used = 0;
     long long v = 0;
-    try {
-      v = std::stoll(part, &used);
-    } catch (...) {
-      used = 0;
-    }
-    SALIENT_CHECK(used == part.size() && v > 0, flag, ": '", s, "' is not a list of sizes like 3x224x224");
+    SALIENT_CHECK(parse_all(part, to_ll, &v) && v > 0, flag, ": '", s, "' is not a list of sizes like 3x224x224");
     dims.push_back(v);
   }
   SALIENT_CHECK(!dims.empty(), flag, ": '", s, "' is not a list of sizes like 3x224x224");
   return dims;
 }
 
-int64_t parse_int(const std::string& s, const char* flag) {
-  size_t used = 0;
-  long long v = 0;
-  try {
-    v = std::stoll(s, &used);
-  } catch (...) {
-    used = 0;
-  }
-  SALIENT_CHECK(used > 0 && used == s.size(), flag, ": '", s, "' is not an integer");
-  return v;
-}
-
 std::vector<float> parse_floats(const std::string& s, const char* flag) {
   std::vector<float> out;
   for (const auto& part : split(s, ',')) {
-    size_t used = 0;
-    float v = 0;
-    try {
-      v = std::stof(part, &used);
-    } catch (...) {
-      used = 0;
-    }
-    SALIENT_CHECK(used == part.size(), flag, ": '", part, "' is not a number");
-    out.push_back(v);
+    double v = 0;
+    SALIENT_CHECK(parse_all(part, to_d, &v), flag, ": '", part, "' is not a number");
+    out.push_back(static_cast<float>(v));
   }
   SALIENT_CHECK(!out.empty(), flag, ": no values");
   return out;
 }
 
 int64_t parse_bytes(const std::string& s, const char* flag) {
-  size_t used = 0;
+  size_t digits = s.find_first_not_of("0123456789.eE+-");
+  std::string number = s.substr(0, digits), unit = digits == std::string::npos ? "" : s.substr(digits);
   double v = 0;
-  try {
-    v = std::stod(s, &used);
-  } catch (...) {
-    used = 0;
-  }
-  SALIENT_CHECK(used > 0 && v > 0, flag, ": '", s, "' is not a size like 512M or 2G");
-  std::string unit = s.substr(used);
+  SALIENT_CHECK(parse_all(number, to_d, &v) && v > 0, flag, ": '", s, "' is not a size like 512M or 2G");
   double mult = 1;
   if (unit == "K" || unit == "KiB" || unit == "k") mult = 1024.0;
   else if (unit == "M" || unit == "MiB") mult = 1024.0 * 1024;
