@@ -216,3 +216,24 @@ TEST(SmoothGrad, RejectsBadOptions) {
                 .find("noise_level must be >= 0"),
             std::string::npos);
 }
+
+TEST(VanillaGradient, MatchesPlainAutogradOnAModelWithInPlaceOps) {
+  for (const char* file : {"models/resnet_tiny_traced.pt", "models/resnet_tiny_scripted.pt"}) {
+    auto module = torch::jit::load(data(file));
+    module.eval();
+    at::Tensor x = at::randn({2, 3, 16, 16});
+    at::Tensor leaf = x.clone().requires_grad_(true);
+    at::Tensor out = module.forward({leaf}).toTensor();
+    at::Tensor expected = torch::autograd::grad({out.select(1, 4).sum()}, {leaf})[0];
+    auto a = salient::vanilla_gradient(Model::load(data(file)), x, Target::index(4));
+    EXPECT_TRUE(close(a.map, expected, 1e-8, 1e-5)) << file;
+    // Grad-CAM at a block whose output the next block reads and later in-place ops
+    // touch: the leaf-tap forward gives the same weights as a full-graph forward.
+    auto model = Model::load(data(file));
+    auto cam = salient::gradcam(model, x, Target::index(4), salient::GradCamOptions().layer("body.0"));
+    auto full = model.forward(x.clone().requires_grad_(true), {"body.0"}, salient::Autograd::Full);
+    at::Tensor g = torch::autograd::grad({full.output.select(1, 4).sum()}, {full.taps[0]})[0];
+    EXPECT_TRUE(close(cam.weights, g.mean({2, 3}), 1e-9, 1e-5)) << file;
+    EXPECT_TRUE(close(cam.raw, (g.mean({2, 3}).unsqueeze(-1).unsqueeze(-1) * full.taps[0]).sum(1, true), 1e-7, 1e-4));
+  }
+}

@@ -1,5 +1,6 @@
 #include "model/graph.hpp"
 
+#include <torch/csrc/jit/ir/alias_analysis.h>
 #include <torch/csrc/jit/passes/inliner.h>
 #include <torch/csrc/jit/passes/remove_mutation.h>
 
@@ -82,11 +83,33 @@ void collect_inputs(Node* n, std::vector<Value*>* out) {
     for (Node* inner : b->nodes()) collect_inputs(inner, out);
 }
 
+// RemoveTensorMutation replaces each node it rewrites in place, so the functional graph
+// and the inlined one correspond node for node; checked, since variants rely on it.
+bool same_layout(Graph& functional, Graph& inlined) {
+  auto a = top_nodes(functional), b = top_nodes(inlined);
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    std::string ka = a[i]->kind().toQualString(), kb = b[i]->kind().toQualString();
+    if (ka != kb && ka + "_" != kb) return false;
+    if (a[i]->outputs().size() != b[i]->outputs().size()) return false;
+  }
+  return true;
+}
+
+void collect_nodes(torch::jit::Block* block, std::vector<Node*>* out) {
+  for (Node* n : block->nodes()) {
+    out->push_back(n);
+    for (auto* b : n->blocks()) collect_nodes(b, out);
+  }
+}
+
 }  // namespace
 
-TapGraph::TapGraph(const std::shared_ptr<Graph>& forward) : graph_(forward->copy()) {
-  torch::jit::Inline(*graph_);
+TapGraph::TapGraph(const std::shared_ptr<Graph>& forward) : inlined_(forward->copy()) {
+  torch::jit::Inline(*inlined_);
+  graph_ = inlined_->copy();
   torch::jit::RemoveTensorMutation(graph_);
+  if (!same_layout(*graph_, *inlined_)) inlined_ = graph_;  // variants then stay functional
 
   auto nodes = top_nodes(*graph_);
   for (size_t i = 0; i < nodes.size(); ++i) {
@@ -113,10 +136,25 @@ TapGraph::TapGraph(const std::shared_ptr<Graph>& forward) : graph_(forward->copy
 }
 
 std::shared_ptr<Graph> TapGraph::with_taps(const std::vector<ValueRef>& taps, bool leaves) const {
-  auto g = graph_->copy();
-  auto nodes = top_nodes(*g);
+  auto g = inlined_->copy();
+  auto find = [&](const ValueRef& r) { return top_nodes(*g).at(r.node)->outputs().at(r.output); };
+  if (!taps.empty() && inlined_ != graph_) {
+    // Make functional exactly the in-place ops that write to a tap (or an alias of one).
+    torch::jit::ValueSet tapped;
+    for (const auto& t : taps) tapped.insert(find(t));
+    std::unordered_set<Node*> writers;
+    {
+      torch::jit::AliasDb db(g);
+      std::vector<Node*> all;
+      collect_nodes(g->block(), &all);
+      for (Node* n : all)
+        if (db.writesToAlias(n, tapped)) writers.insert(n);
+    }
+    if (!writers.empty())
+      torch::jit::RemoveTensorMutation(g, [&](Node* n) { return writers.count(n) > 0; });
+  }
   std::vector<Value*> values;
-  for (const auto& t : taps) values.push_back(nodes.at(t.node)->outputs().at(t.output));
+  for (const auto& t : taps) values.push_back(find(t));
 
   std::vector<Value*> outs(values);
   if (leaves) {

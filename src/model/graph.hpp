@@ -25,18 +25,20 @@ struct ModuleOutput {
 
 class TapGraph {
  public:
-  // Copies `forward`, inlines every call, makes in-place tensor ops functional where
-  // that is provably safe (so a tapped value is not overwritten later), and finds,
-  // for every module, the value its (last) call hands to the outside.
+  // Copies `forward`, inlines every call, and finds, for every module, the value its
+  // (last) call hands to the outside. The analysis runs on a functional copy (in-place
+  // tensor ops replaced where provably safe), so a module's output is its own value and
+  // not a tensor a later `relu_` or `+=` overwrites.
   explicit TapGraph(const std::shared_ptr<torch::jit::Graph>& forward);
 
   const std::map<std::string, ModuleOutput>& module_outputs() const { return outputs_; }
   // Module class names seen in inlined call stacks, by path.
   const std::map<std::string, std::string>& module_kinds() const { return kinds_; }
 
-  // A runnable copy returning (original output, taps...). With `leaves`, each tap that
-  // no other tap depends on is detached and made to require grad, so that a backward
-  // from the output stops there.
+  // A runnable copy returning (original output, taps...). In-place ops stay in place
+  // (they save memory and time) except those that write to a tap. With `leaves`, each
+  // tap that no other tap depends on is detached and made to require grad, so that a
+  // backward from the output stops there.
   std::shared_ptr<torch::jit::Graph> with_taps(const std::vector<ValueRef>& taps, bool leaves) const;
   // A copy that also returns every tensor a top-level node produces (memory probe).
   std::shared_ptr<torch::jit::Graph> with_all_values() const;
@@ -46,7 +48,8 @@ class TapGraph {
   torch::jit::Graph& graph() const { return *graph_; }
 
  private:
-  std::shared_ptr<torch::jit::Graph> graph_;
+  std::shared_ptr<torch::jit::Graph> graph_;    // functional: analysis, probes
+  std::shared_ptr<torch::jit::Graph> inlined_;  // as the model wrote it, node for node like graph_
   std::map<std::string, ModuleOutput> outputs_;
   std::map<std::string, std::string> kinds_;
 };
