@@ -1,6 +1,8 @@
 #include "model/graph.hpp"
 
 #include <torch/csrc/jit/ir/alias_analysis.h>
+#include <torch/csrc/jit/passes/constant_pooling.h>
+#include <torch/csrc/jit/passes/constant_propagation.h>
 #include <torch/csrc/jit/passes/inliner.h>
 #include <torch/csrc/jit/passes/remove_mutation.h>
 
@@ -183,6 +185,10 @@ std::shared_ptr<Graph> TapGraph::with_taps(const std::vector<ValueRef>& taps, bo
     }
   }
   for (Value* v : outs) g->registerOutput(v);
+  // Argument lists built from constants at every call become constants, as the
+  // graph executor does for the model's own forward.
+  torch::jit::ConstantPropagationImmutableTypes(g);
+  torch::jit::ConstantPooling(g);
   return g;
 }
 
