@@ -1,1 +1,228 @@
-int main(){return 0;}
+// salient_bench: each method's time as a ratio to the raw LibTorch passes it minimally
+// needs, measured in the same run, plus peak memory of a long SmoothGrad.
+//
+//   salient_bench --models build/bench --demo models/demo/fashion96.pt --markdown docs/BENCHMARKS.md
+//
+// Timings interleave method and baseline (A B A B ...) after warm-up and report medians,
+// so that drift of the machine affects both alike.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/version.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/script.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include "salient/salient.hpp"
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+struct Options {
+  std::string models = "build/bench";
+  std::string demo = "models/demo/fashion96.pt";
+  std::string markdown;
+  int repeats = 7;
+  int64_t rss_samples = 1000;
+  bool skip_rss = false;
+};
+
+double seconds(const std::function<void()>& f) {
+  auto t0 = Clock::now();
+  f();
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+struct Row {
+  std::string model, what, baseline;
+  double method_ms = 0, baseline_ms = 0, goal = 0;
+  double ratio() const { return method_ms / baseline_ms; }
+};
+
+Row compare(const std::string& model, const std::string& what, const std::string& baseline, double goal,
+            const std::function<void()>& method, const std::function<void()>& base, int repeats) {
+  for (int i = 0; i < 2; ++i) method(), base();  // warm-up (the profiling executor needs two runs)
+  std::vector<double> m, b;
+  for (int i = 0; i < repeats; ++i) {
+    m.push_back(seconds(method));
+    b.push_back(seconds(base));
+  }
+  Row r{model, what, baseline, 1e3 * median(m), 1e3 * median(b), goal};
+  std::cout << std::left << std::setw(10) << model << std::setw(16) << what << std::right << std::fixed
+            << std::setprecision(1) << std::setw(9) << r.method_ms << " ms  vs " << std::setw(9) << r.baseline_ms
+            << " ms  " << std::setw(36) << std::left << baseline << " ratio " << std::setprecision(3) << r.ratio()
+            << "  (goal <= " << std::setprecision(2) << goal << ")\n";
+  return r;
+}
+
+int64_t status_kib(const char* key) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind(key, 0) == 0) return std::stoll(line.substr(std::strlen(key)));
+  return -1;
+}
+
+void reset_peak_rss() { std::ofstream("/proc/self/clear_refs") << "5"; }
+
+std::string cpu_name() {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  return "unknown CPU";
+}
+
+// The plain way to use LibTorch on this model, as a user would: torch::jit::load, eval.
+struct Raw {
+  torch::jit::Module m;
+  explicit Raw(const std::string& path) : m(torch::jit::load(path)) { m.eval(); }
+  at::Tensor forward(const at::Tensor& x) { return m.forward({x}).toTensor(); }
+};
+
+std::vector<Row> bench_model(const std::string& label, const std::string& path, const std::vector<int64_t>& shape,
+                             int repeats) {
+  std::vector<Row> rows;
+  salient::Model model = salient::Model::load(path);
+  Raw raw(path);
+  at::manual_seed(0);
+  at::Tensor x = at::randn(shape);
+  const int64_t target = 3;
+  auto t = salient::Target::index(target);
+
+  rows.push_back(compare(
+      label, "gradcam", "1 forward (no grad)", 1.15,
+      [&] { salient::gradcam(model, x, t); },
+      [&] {
+        at::NoGradGuard g;
+        raw.forward(x);
+      },
+      repeats));
+  rows.push_back(compare(
+      label, "vanilla", "1 forward + input gradient", 1.0, [&] { salient::vanilla_gradient(model, x, t); },
+      [&] {
+        at::Tensor xi = x.clone().requires_grad_(true);
+        at::Tensor out = raw.forward(xi);
+        torch::autograd::grad({out.select(1, target).sum()}, {xi});
+      },
+      repeats));
+  const int64_t n = 16;
+  rows.push_back(compare(
+      label, "smoothgrad-16", "16 noisy copies, one batch, fwd+grad", 1.0,
+      [&] { salient::smoothgrad(model, x, t, salient::SmoothGradOptions().n_samples(n)); },
+      [&] {
+        at::Tensor flat = x.flatten();
+        double sd = 0.15 * (flat.max() - flat.min()).item<double>();
+        at::Tensor xi = (x.repeat({n, 1, 1, 1}) + at::randn({n, shape[1], shape[2], shape[3]}) * sd).requires_grad_(true);
+        at::Tensor out = raw.forward(xi);
+        at::Tensor g = torch::autograd::grad({out.select(1, target).sum()}, {xi})[0];
+        g.mean(0, true);
+      },
+      repeats));
+  return rows;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::cerr << a << " needs a value\n";
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--models") o.models = next();
+    else if (a == "--demo") o.demo = next();
+    else if (a == "--markdown") o.markdown = next();
+    else if (a == "--repeats") o.repeats = std::stoi(next());
+    else if (a == "--rss-samples") o.rss_samples = std::stoll(next());
+    else if (a == "--skip-rss") o.skip_rss = true;
+    else {
+      std::cerr << "usage: salient_bench [--models DIR] [--demo MODEL] [--markdown FILE] [--repeats K] "
+                   "[--rss-samples N] [--skip-rss]\n";
+      return 2;
+    }
+  }
+  try {
+    std::vector<Row> rows;
+    std::string resnet = (fs::path(o.models) / "resnet50.pt").string();
+    auto r1 = bench_model("resnet50", resnet, {1, 3, 224, 224}, o.repeats);
+    rows.insert(rows.end(), r1.begin(), r1.end());
+    if (fs::exists(o.demo)) {
+      auto r2 = bench_model("demo", o.demo, {1, 3, 96, 96}, o.repeats);
+      rows.insert(rows.end(), r2.begin(), r2.end());
+    }
+
+    // Peak memory of a long SmoothGrad with the default 1 GiB budget.
+    int64_t rss_before = 0, rss_peak = 0, chunk = 0, per_sample = 0;
+    double rss_seconds = 0;
+    if (!o.skip_rss) {
+      salient::Model model = salient::Model::load(resnet);
+      at::Tensor x = at::randn({1, 3, 224, 224});
+      per_sample = model.bytes_per_sample({3, 224, 224});
+      chunk = salient::chunk_rows(model, x, salient::SmoothGradOptions().memory_budget());
+      reset_peak_rss();
+      rss_before = status_kib("VmRSS:");
+      rss_seconds = seconds([&] {
+        salient::smoothgrad(model, x, salient::Target::index(3), salient::SmoothGradOptions().n_samples(o.rss_samples));
+      });
+      rss_peak = status_kib("VmHWM:");
+      std::cout << "smoothgrad-" << o.rss_samples << " on resnet50: peak RSS " << rss_peak / 1024 << " MiB (before "
+                << rss_before / 1024 << " MiB), chunk " << chunk << " samples, " << rss_seconds << " s\n";
+    }
+
+    if (!o.markdown.empty()) {
+      std::ostringstream md;
+      md << "# Benchmarks\n\n"
+         << "Written by `scripts/dev bench` (bench/bench.cpp). Each row times a method and the raw LibTorch passes it\n"
+         << "minimally needs, interleaved in the same run after warm-up; times are medians of " << o.repeats
+         << " runs and the\nratio is method / baseline. The baseline is the plain way to do it by hand: "
+            "`torch::jit::load`, `eval()`,\n`forward`, `torch::autograd::grad`.\n\n"
+         << "Machine: " << cpu_name() << ", " << at::get_num_threads() << " threads; LibTorch " << TORCH_VERSION
+         << "; batch of 1 image (ResNet-50 at 224x224, random weights, traced by bench/trace_models.py; the demo "
+            "model at 96x96).\n\n"
+         << "| model | method | method ms | baseline | baseline ms | ratio | goal |\n"
+         << "|---|---|---:|---|---:|---:|---:|\n";
+      for (const auto& r : rows)
+        md << "| " << r.model << " | " << r.what << " | " << std::fixed << std::setprecision(1) << r.method_ms << " | "
+           << r.baseline << " | " << r.baseline_ms << " | " << std::setprecision(3) << r.ratio() << " | <= "
+           << std::setprecision(2) << r.goal << " |\n";
+      if (!o.skip_rss) {
+        md << "\n## Memory\n\nSmoothGrad with n = " << o.rss_samples
+           << " on ResNet-50 (one 224x224 image), default memory budget 1 GiB: samples run in chunks of " << chunk
+           << " (estimated " << per_sample / (1024 * 1024) << " MiB per sample).\n\n"
+           << "| | MiB |\n|---|---:|\n"
+           << "| RSS before | " << rss_before / 1024 << " |\n"
+           << "| peak RSS during SmoothGrad-" << o.rss_samples << " | " << rss_peak / 1024 << " |\n"
+           << "| peak minus before | " << (rss_peak - rss_before) / 1024 << " |\n"
+           << "| one batch of " << o.rss_samples << " would need (estimate) | "
+           << per_sample * o.rss_samples / (1024 * 1024) << " |\n\n"
+           << "Run time: " << std::setprecision(1) << rss_seconds << " s.\n";
+      }
+      std::ofstream(o.markdown) << md.str();
+      std::cout << "wrote " << o.markdown << "\n";
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "salient_bench: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
