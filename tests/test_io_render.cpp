@@ -209,3 +209,19 @@ TEST(Render, PanelPlacesEveryCellAtTheRequestedSize) {
   EXPECT_EQ(p.at<cv::Vec3b>(28 + 24 + 100, 8 + 100), cv::Vec3b(255, 0, 0));
   EXPECT_EQ(p.at<cv::Vec3b>(28 + 24 + 100, 8 + 200 + 100), cv::Vec3b(0, 0, 255));
 }
+
+TEST(Images, JpegInRgbGrayAndCmykDecodesToRgb) {
+  // Fixtures written by PIL: a flat (200, 100, 50) colour, also saved as CMYK; gray 90.
+  auto near = [](const cv::Vec3b& a, const cv::Vec3b& b) {
+    for (int c = 0; c < 3; ++c)
+      if (std::abs(int(a[c]) - int(b[c])) > 3) return false;
+    return true;
+  };
+  cv::Mat rgb = io::read_image(data("images/rgb.jpg"));
+  EXPECT_EQ(rgb.size(), cv::Size(16, 12));
+  EXPECT_TRUE(near(rgb.at<cv::Vec3b>(5, 5), cv::Vec3b(200, 100, 50))) << rgb.at<cv::Vec3b>(5, 5);
+  cv::Mat cmyk = io::read_image(data("images/cmyk.jpg"));
+  EXPECT_TRUE(near(cmyk.at<cv::Vec3b>(5, 5), cv::Vec3b(200, 100, 50))) << cmyk.at<cv::Vec3b>(5, 5);
+  cv::Mat gray = io::read_image(data("images/gray.jpg"));
+  EXPECT_TRUE(near(gray.at<cv::Vec3b>(5, 5), cv::Vec3b(90, 90, 90))) << gray.at<cv::Vec3b>(5, 5);
+}
