@@ -85,15 +85,27 @@ void collect_inputs(Node* n, std::vector<Value*>* out) {
     for (Node* inner : b->nodes()) collect_inputs(inner, out);
 }
 
-// RemoveTensorMutation replaces each node it rewrites in place, so the functional graph
-// and the inlined one correspond node for node; checked, since variants rely on it.
-bool same_layout(Graph& functional, Graph& inlined) {
-  auto a = top_nodes(functional), b = top_nodes(inlined);
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    std::string ka = a[i]->kind().toQualString(), kb = b[i]->kind().toQualString();
-    if (ka != kb && ka + "_" != kb) return false;
-    if (a[i]->outputs().size() != b[i]->outputs().size()) return false;
+// Node tags: a scope named "salient_<k>" on every top-level node. Scopes are node
+// metadata that copies and RemoveTensorMutation's rewrites keep (copyMetadata), and
+// that nothing at run time reads; so a node keeps its tag while its position changes.
+const char* const kTagPrefix = "salient_";
+
+void tag_nodes(Graph& g) {
+  auto root = c10::make_intrusive<torch::jit::Scope>();
+  size_t k = 0;
+  for (Node* n : g.nodes()) n->setScope(root->push(c10::Symbol::scope(kTagPrefix + std::to_string(k++))));
+}
+
+// Tag -> node; false if some top-level node has no tag.
+bool tagged_nodes(Graph& g, std::map<size_t, Node*>* out) {
+  out->clear();
+  const std::string prefix = std::string("scope::") + kTagPrefix;
+  for (Node* n : g.nodes()) {
+    auto scope = n->scope();
+    if (!scope) return false;
+    std::string name = scope->name().toQualString();
+    if (name.rfind(prefix, 0) != 0) return false;
+    (*out)[std::stoul(name.substr(prefix.size()))] = n;
   }
   return true;
 }
@@ -109,13 +121,20 @@ void collect_nodes(torch::jit::Block* block, std::vector<Node*>* out) {
 
 TapGraph::TapGraph(const std::shared_ptr<Graph>& forward) : inlined_(forward->copy()) {
   torch::jit::Inline(*inlined_);
+  tag_nodes(*inlined_);
   graph_ = inlined_->copy();
   torch::jit::RemoveTensorMutation(graph_);
-  if (!same_layout(*graph_, *inlined_)) inlined_ = graph_;  // variants then stay functional
-
-  auto nodes = top_nodes(*graph_);
-  for (size_t i = 0; i < nodes.size(); ++i) {
-    Node* n = nodes[i];
+  std::map<size_t, Node*> by_tag;
+  if (!tagged_nodes(*graph_, &by_tag)) {
+    // Some rewrite dropped a tag: variants then stay functional (correct, a bit slower).
+    tag_nodes(*graph_);
+    inlined_ = graph_;
+  }
+  tagged_nodes(*graph_, &by_tag);
+  std::map<Node*, size_t> tag_of;
+  for (const auto& kv : by_tag) tag_of[kv.second] = kv.first;
+  for (Node* n : top_nodes(*graph_)) {
+    const size_t i = tag_of.at(n);
     std::string path;
     std::vector<std::pair<std::string, std::string>> levels;
     if (!node_path(n, &path, &levels) || path.empty()) continue;
@@ -139,11 +158,17 @@ TapGraph::TapGraph(const std::shared_ptr<Graph>& forward) : inlined_(forward->co
 
 std::shared_ptr<Graph> TapGraph::with_taps(const std::vector<ValueRef>& taps, bool leaves) const {
   auto g = inlined_->copy();
-  auto find = [&](const ValueRef& r) { return top_nodes(*g).at(r.node)->outputs().at(r.output); };
+  auto locate = [&] {
+    std::map<size_t, Node*> by_tag;
+    tagged_nodes(*g, &by_tag);
+    std::vector<Value*> found;
+    for (const auto& t : taps) found.push_back(by_tag.at(t.node)->outputs().at(t.output));
+    return found;
+  };
   if (!taps.empty() && inlined_ != graph_) {
     // Make functional exactly the in-place ops that write to a tap (or an alias of one).
-    torch::jit::ValueSet tapped;
-    for (const auto& t : taps) tapped.insert(find(t));
+    auto found = locate();
+    torch::jit::ValueSet tapped(found.begin(), found.end());
     std::unordered_set<Node*> writers;
     {
       torch::jit::AliasDb db(g);
@@ -155,8 +180,7 @@ std::shared_ptr<Graph> TapGraph::with_taps(const std::vector<ValueRef>& taps, bo
     if (!writers.empty())
       torch::jit::RemoveTensorMutation(g, [&](Node* n) { return writers.count(n) > 0; });
   }
-  std::vector<Value*> values;
-  for (const auto& t : taps) values.push_back(find(t));
+  std::vector<Value*> values = locate();  // again: the rewrite replaced some nodes
 
   std::vector<Value*> outs(values);
   if (leaves) {
@@ -187,7 +211,7 @@ std::shared_ptr<Graph> TapGraph::with_taps(const std::vector<ValueRef>& taps, bo
   for (Value* v : outs) g->registerOutput(v);
   // Argument lists built from constants at every call become constants, as the
   // graph executor does for the model's own forward.
-  torch::jit::ConstantPropagationImmutableTypes(g);
+  torch::jit::ConstantPropagation(g);
   torch::jit::ConstantPooling(g);
   return g;
 }

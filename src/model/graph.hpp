@@ -10,7 +10,8 @@
 namespace salient {
 namespace model {
 
-// A value of the analysed graph, addressed by top-level node index and output
+// A value of the analysed graph, addressed by the tag of its top-level node (every
+// top-level node carries one; it survives copies and mutation removal) and the output
 // offset, so that it can be found again in a copy of the graph.
 struct ValueRef {
   size_t node = 0;
@@ -49,7 +50,7 @@ class TapGraph {
 
  private:
   std::shared_ptr<torch::jit::Graph> graph_;    // functional: analysis, probes
-  std::shared_ptr<torch::jit::Graph> inlined_;  // as the model wrote it, node for node like graph_
+  std::shared_ptr<torch::jit::Graph> inlined_;  // as the model wrote it, same node tags as graph_
   std::map<std::string, ModuleOutput> outputs_;
   std::map<std::string, std::string> kinds_;
 };

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <fstream>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -290,12 +291,12 @@ std::string Model::default_cam_layer(const std::vector<int64_t>& input_shape) co
 int64_t Model::input_channels() const {
   torch::jit::Value* w = impl_->graph->first_weight();
   // Follow the GetAttr chain from `self` to the weight tensor.
-  std::function<c10::optional<c10::IValue>(torch::jit::Value*)> resolve =
-      [&](torch::jit::Value* v) -> c10::optional<c10::IValue> {
+  std::function<std::optional<c10::IValue>(torch::jit::Value*)> resolve =
+      [&](torch::jit::Value* v) -> std::optional<c10::IValue> {
     if (v == impl_->graph->graph().inputs().at(0)) return c10::IValue(impl_->module._ivalue());
-    if (v->node()->kind() != c10::prim::GetAttr) return c10::nullopt;
+    if (v->node()->kind() != c10::prim::GetAttr) return std::nullopt;
     auto parent = resolve(v->node()->input(0));
-    if (!parent || !parent->isObject()) return c10::nullopt;
+    if (!parent || !parent->isObject()) return std::nullopt;
     return parent->toObject()->getAttr(v->node()->s(c10::attr::name));
   };
   if (!w) return -1;
