@@ -1,8 +1,11 @@
 // salient: saliency maps for TorchScript image classifiers, from the command line.
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 #include <opencv2/core/utils/logger.hpp>
 
+#include <cstdlib>
 #include <iostream>
+#include <thread>
 
 #include "cli.hpp"
 
@@ -10,7 +13,11 @@ int main(int argc, char** argv) {
   cv::utils::logging::setLogLevel(cv::utils::logging::LOG_LEVEL_SILENT);
   CLI::App app{"salient: which pixels made an image classifier decide what it decided"};
   app.require_subcommand(1);
+  app.fallthrough();  // global options such as --threads also after the subcommand
   app.set_version_flag("--version", "salient 0.1.0");
+  int threads = 0;
+  app.add_option("--threads", threads,
+                 "CPU threads for LibTorch (default: OMP_NUM_THREADS if set, else all CPUs)");
   std::vector<std::pair<CLI::App*, salient::cli::Runner>> commands;
   auto add = [&](const char* name, const char* help, salient::cli::Runner (*setup)(CLI::App&)) {
     CLI::App* sub = app.add_subcommand(name, help);
@@ -26,6 +33,10 @@ int main(int argc, char** argv) {
     int code = app.exit(e);
     return code == 0 ? 0 : 2;
   }
+  // LibTorch's own default can be a single thread on virtual machines.
+  if (threads <= 0 && std::getenv("OMP_NUM_THREADS") == nullptr)
+    threads = static_cast<int>(std::thread::hardware_concurrency());
+  if (threads > 0) at::set_num_threads(threads);
   try {
     for (auto& c : commands)
       if (c.first->parsed()) return c.second();
