@@ -17,6 +17,9 @@ std::string shape_str(at::IntArrayRef s);
 // Returns it as float32.
 at::Tensor checked_input(const at::Tensor& x, const char* method);
 
+// True when t holds no NaN or Inf.
+bool all_finite(const at::Tensor& t);
+
 void check_finite(const at::Tensor& t, const char* method, const char* what);
 
 // [C, H, W] of a batch.

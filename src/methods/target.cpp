@@ -1,5 +1,7 @@
 #include "salient/target.hpp"
 
+#include <cmath>
+
 #include "methods/common.hpp"
 
 namespace salient {
@@ -101,6 +103,12 @@ std::string shape_str(at::IntArrayRef s) {
   return out + "]";
 }
 
+bool all_finite(const at::Tensor& t) {
+  // One reduction instead of a mask: NaN and Inf survive a sum, and a float32 sum in
+  // double precision cannot overflow.
+  return std::isfinite(t.sum(at::kDouble).item<double>());
+}
+
 at::Tensor checked_input(const at::Tensor& x, const char* method) {
   SALIENT_CHECK(x.defined(), method, ": input tensor is undefined");
   SALIENT_CHECK(x.dim() == 4, method, ": input must be a batch [N, C, H, W], got ", shape_str(x.sizes()));
@@ -108,13 +116,13 @@ at::Tensor checked_input(const at::Tensor& x, const char* method) {
   SALIENT_CHECK(at::isFloatingType(x.scalar_type()), method, ": input must be floating point, got ",
                 x.scalar_type());
   at::Tensor xf = x.detach().to(at::kFloat);
-  SALIENT_CHECK(at::isfinite(xf).all().item<bool>(), method,
+  SALIENT_CHECK(all_finite(xf), method,
                 ": input contains non-finite values (NaN or Inf)");
   return xf;
 }
 
 void check_finite(const at::Tensor& t, const char* method, const char* what) {
-  SALIENT_CHECK(at::isfinite(t).all().item<bool>(), method, ": non-finite values (NaN or Inf) in ",
+  SALIENT_CHECK(all_finite(t), method, ": non-finite values (NaN or Inf) in ",
                 what);
 }
 

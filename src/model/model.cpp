@@ -97,6 +97,7 @@ struct Model::Impl {
   mutable std::map<std::string, std::shared_ptr<Compiled>> compiled;
   mutable std::map<std::vector<int64_t>, std::vector<LayerInfo>> layer_cache;
   mutable std::map<std::vector<int64_t>, int64_t> bytes_cache;
+  mutable std::map<std::vector<int64_t>, std::string> cam_layer_cache;
 
   std::shared_ptr<Compiled> compile(const std::vector<std::string>& taps, Autograd mode) const {
     std::string key = mode == Autograd::FromTaps ? "L|" : "F|";
@@ -263,6 +264,11 @@ std::vector<LayerInfo> Model::layers(const std::vector<int64_t>& input_shape) co
 }
 
 std::string Model::default_cam_layer(const std::vector<int64_t>& input_shape) const {
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    auto it = impl_->cam_layer_cache.find(input_shape);
+    if (it != impl_->cam_layer_cache.end()) return it->second;
+  }
   auto infos = layers(input_shape);
   const auto& outs = impl_->graph->module_outputs();
   std::string best;
@@ -285,6 +291,8 @@ std::string Model::default_cam_layer(const std::vector<int64_t>& input_shape) co
   SALIENT_CHECK(!best.empty(), "model '", impl_->name,
                 "' has no layer with a 4-D output of spatial size > 1 for input ",
                 shape_str(input_shape), "; give a layer explicitly");
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->cam_layer_cache[input_shape] = best;
   return best;
 }
 
