@@ -214,3 +214,19 @@ TEST(Cli, LayersPrintsPathsShapesAndTheDefaultCamLayer) {
   EXPECT_EQ(bad.lines().size(), 1u) << bad.out;
   EXPECT_NE(bad.out.find("--input-size: expected CxHxW"), std::string::npos) << bad.out;
 }
+
+TEST(Cli, DemoExplainsTheShippedModelAndGradCamFindsTheItems) {
+  std::string out = temp_dir("cli_demo") + "/demo";
+  CliRun r = salient_cli("demo --out " + out);
+  ASSERT_EQ(r.code, 0) << r.out;
+  // 16 panels and an overview, and the hit counts per method.
+  size_t panels = 0;
+  for (const auto& e : fs::directory_iterator(out)) panels += e.path().string().find(".panel.png") != std::string::npos;
+  EXPECT_EQ(panels, 16u);
+  EXPECT_TRUE(fs::exists(out + "/overview.png"));
+  auto pos = r.out.find("  gradcam     ");
+  ASSERT_NE(pos, std::string::npos) << r.out;
+  int hits = std::stoi(r.out.substr(pos + 14));
+  // Grad-CAM's peak lands on the item for (nearly) every sample of the task.
+  EXPECT_GE(hits, 14) << r.out;
+}
