@@ -72,11 +72,13 @@ json method_params(const std::string& m, const MethodSettings& s, const std::str
 int run_explain(const ExplainArgs& a) {
   auto t_start = std::chrono::steady_clock::now();
   // Everything the user can get wrong is checked before the first file is written.
-  std::vector<std::string> methods = split(a.methods, ',');
-  SALIENT_CHECK(!methods.empty(), "--method: no method given");
-  for (const auto& m : methods)
+  std::vector<std::string> methods;
+  for (const auto& m : split(a.methods, ',')) {
     SALIENT_CHECK(std::find(kMethods.begin(), kMethods.end(), m) != kMethods.end(), "--method: unknown method '",
                   m, "'; available: vanilla, smoothgrad, gradcam");
+    if (std::find(methods.begin(), methods.end(), m) == methods.end()) methods.push_back(m);
+  }
+  SALIENT_CHECK(!methods.empty(), "--method: no method given");
   std::set<std::string> save;
   for (const auto& s : split(a.save, ',')) {
     SALIENT_CHECK(s == "png" || s == "npy" || s == "json", "--save: unknown kind '", s, "'; use png,npy,json");
