@@ -155,7 +155,7 @@ TEST(Cli, BadModelsLayersAndTargetsAreOneLineErrors) {
   CliRun r = salient_cli("explain --model " + ref_model() + x + " --method gradcam --layer features.99 --out " + dir + "/o3");
   EXPECT_NE(r.out.find("closest: features.9"), std::string::npos) << r.out;
   expect_bad_input("explain --model " + ref_model() + x + " --method gradcam --layer fc", dir + "/o4",
-                   "layer 'fc' outputs [4, 10]; Grad-CAM needs a 4-D");
+                   "layer 'fc' outputs [4, 10]; CAM methods need a 4-D");
   expect_bad_input("explain --model " + ref_model() + x + " --method vanilla --target 10", dir + "/o5",
                    "target 10 out of range: the model has 10 classes");
   expect_bad_input("explain --model " + ref_model() + x + " --method vanilla --targets 1,2", dir + "/o6",

@@ -57,3 +57,61 @@ TEST(ReferenceParity, SmoothGradChunkedByBudgetStillMatches) {
   auto a = salient::smoothgrad(smallcnn(), ref["input"], reference_targets(), opts);
   EXPECT_TRUE(matches_reference(a.map, "smoothgrad"));
 }
+
+namespace {
+
+using CamFn = std::function<salient::Attribution(const Model&, const at::Tensor&, const Target&,
+                                                 const salient::CamOptions&)>;
+
+salient::Attribution run_cam(const CamFn& fn) {
+  return fn(smallcnn(), reference()["input"], reference_targets(), salient::CamOptions().layer("features.10"));
+}
+
+}  // namespace
+
+TEST(ReferenceParity, PytorchGradCamGradientVariantsRawWeightsAndPostprocessed) {
+  struct Case {
+    const char* pgc;
+    CamFn fn;
+    bool has_weights;
+  };
+  std::vector<Case> cases = {
+      {"gradcam", salient::gradcam, true},         {"gradcampp", salient::gradcam_plusplus, true},
+      {"xgradcam", salient::xgradcam, true},       {"hirescam", salient::hirescam, false},
+      {"layercam", salient::layercam, false},      {"gradcam_elementwise", salient::gradcam_elementwise, false},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.pgc);
+    auto a = run_cam(c.fn);
+    std::string name = std::string("pgc_") + c.pgc;
+    EXPECT_TRUE(matches_reference(a.raw.squeeze(1), name + "_raw"));
+    if (c.has_weights) EXPECT_TRUE(matches_reference(a.weights, name + "_weights"));
+    EXPECT_TRUE(matches_reference(salient::render::pytorch_grad_cam_scale(a.raw, 64, 64), name));
+    EXPECT_TRUE(at::equal(a.layer_map, at::relu(a.raw)));
+  }
+}
+
+TEST(ReferenceParity, EigenCamsMatchUpToTheSvdSignPerImage) {
+  for (auto c : std::vector<std::pair<const char*, CamFn>>{{"eigencam", salient::eigencam},
+                                                           {"eigengradcam", salient::eigengradcam}}) {
+    SCOPED_TRACE(c.first);
+    std::string name = std::string("pgc_") + c.first;
+    auto a = run_cam(c.second);
+    at::Tensor ours = a.raw.squeeze(1), ref = reference()[name + "_raw"];
+    // numpy's SVD sign is arbitrary; align ours to it image by image, as the README says.
+    at::Tensor sign = at::sign((ours * ref).sum({1, 2})).view({-1, 1, 1});
+    at::Tensor aligned = ours * sign;
+    EXPECT_TRUE(matches_reference(aligned, name + "_raw"));
+    EXPECT_TRUE(matches_reference(salient::render::pytorch_grad_cam_scale(aligned, 64, 64), name));
+  }
+}
+
+TEST(EigenCam, SignRuleMakesTheMapFollowTheMeanActivation) {
+  auto a = run_cam(salient::eigencam);
+  auto act = smallcnn().forward(reference()["input"], {"features.10"}).taps[0];
+  at::Tensor mean_map = act.mean(1);
+  for (int64_t i = 0; i < 4; ++i) {
+    at::Tensor m = mean_map[i] - mean_map[i].mean();
+    EXPECT_GE((a.raw[i][0] * m).sum().item<double>(), 0) << i;
+  }
+}

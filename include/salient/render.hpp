@@ -41,6 +41,12 @@ struct Cell {
 };
 // The original beside its heatmaps, each scaled to `cell_size` px, titled; `caption` on top.
 cv::Mat panel(const std::vector<Cell>& cells, const std::string& caption, int cell_size = 224);
+// pytorch-grad-cam's post-processing of raw CAMs [N,1,h,w] (or [N,h,w]) to [N,H,W] in
+// [0,1], for comparison with its outputs: per image ReLU, min-max with eps 1e-7, bilinear
+// resize (align_corners = false, as cv2.resize), ReLU, min-max again. Maps whose raw
+// values are all <= 0 come out as zeros.
+at::Tensor pytorch_grad_cam_scale(const at::Tensor& raw, int64_t height, int64_t width);
+
 // Stacks panels vertically (padding widths), e.g. for a contact sheet.
 cv::Mat stack_rows(const std::vector<cv::Mat>& rows);
 

@@ -10,7 +10,7 @@
 //       salient::render::Colormap::Jet);
 #include "salient/attribution.hpp"
 #include "salient/error.hpp"
-#include "salient/gradcam.hpp"
+#include "salient/cam.hpp"
 #include "salient/gradient.hpp"
 #include "salient/io.hpp"
 #include "salient/model.hpp"

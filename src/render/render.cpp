@@ -141,6 +141,22 @@ cv::Mat panel(const std::vector<Cell>& cells, const std::string& caption, int ce
   return out;
 }
 
+at::Tensor pytorch_grad_cam_scale(const at::Tensor& raw, int64_t height, int64_t width) {
+  at::Tensor cam = raw.detach().to(at::kFloat);
+  if (cam.dim() == 4) cam = cam.squeeze(1);
+  SALIENT_CHECK(cam.dim() == 3, "render: expected raw CAMs [N,1,h,w] or [N,h,w]");
+  auto minmax = [](at::Tensor t) {  // per image
+    at::Tensor flat = t.flatten(1);
+    at::Tensor lo = std::get<0>(flat.min(1)).view({-1, 1, 1});
+    t = t - lo;
+    at::Tensor hi = std::get<0>(t.flatten(1).max(1)).view({-1, 1, 1});
+    return t / (1e-7 + hi);
+  };
+  cam = minmax(at::relu(cam));
+  cam = at::upsample_bilinear2d(cam.unsqueeze(1), {height, width}, /*align_corners=*/false).squeeze(1);
+  return minmax(at::relu(cam));
+}
+
 cv::Mat stack_rows(const std::vector<cv::Mat>& rows) {
   SALIENT_CHECK(!rows.empty(), "render: nothing to stack");
   int width = 0, height = 0;

@@ -1,0 +1,68 @@
+#pragma once
+// The CAM family: class activation maps from a layer's activations A [N,C,h,w] and,
+// for the gradient-based variants, the gradient G of the score with respect to A.
+//
+//   auto a = salient::gradcam(model, x, salient::Target::predicted(),
+//                             salient::GradCamOptions().layer("layer4"));
+//   a.layer_map  // [N,1,h,w] after ReLU   a.raw  // before ReLU   a.map  // [N,1,H,W]
+//   auto b = salient::xgradcam(model, x);      // layer chosen automatically
+//
+// Every variant shares one core: one forward that records autograd only after the
+// layer (its output becomes a graph leaf), one backward from the score to the layer
+// when the variant needs gradients (none for Eigen-CAM), then a small function that
+// turns A and G into the raw map; ReLU; bilinear upsampling (align_corners = false).
+// Formulas, costs and citations: docs/methods.md.
+#include <string>
+
+#include "salient/attribution.hpp"
+#include "salient/model.hpp"
+#include "salient/options.hpp"
+#include "salient/target.hpp"
+
+namespace salient {
+
+struct CamOptions {
+  SALIENT_ARG(std::string, layer) = "";  // empty: Model::default_cam_layer
+  SALIENT_ARG(Score, score) = Score::Logit;
+};
+using GradCamOptions = CamOptions;
+using GradCamPlusPlusOptions = CamOptions;
+using XGradCamOptions = CamOptions;
+using HiResCamOptions = CamOptions;
+using LayerCamOptions = CamOptions;
+using GradCamElementwiseOptions = CamOptions;
+using EigenCamOptions = CamOptions;
+using EigenGradCamOptions = CamOptions;
+
+// Grad-CAM (Selvaraju et al. 2017): w_c = mean_hw G_c; raw = sum_c w_c A_c.
+Attribution gradcam(const Model& model, const at::Tensor& x, const Target& target = Target::predicted(),
+                    const GradCamOptions& options = {});
+// Grad-CAM++ (Chattopadhay et al. 2018), pytorch-grad-cam's form with plain logit
+// gradients: alpha = G^2 / (2 G^2 + sum_hw(A) G^3 + 1e-6) (0 where G = 0);
+// w_c = sum_hw relu(G) alpha.
+Attribution gradcam_plusplus(const Model& model, const at::Tensor& x, const Target& target = Target::predicted(),
+                             const GradCamPlusPlusOptions& options = {});
+// XGrad-CAM (Fu et al. 2020): w_c = sum_hw G_c A_c / (sum_hw A_c + 1e-7).
+Attribution xgradcam(const Model& model, const at::Tensor& x, const Target& target = Target::predicted(),
+                     const XGradCamOptions& options = {});
+// HiResCAM (Draelos & Carin 2020): raw = sum_c G_c * A_c (no spatial averaging).
+Attribution hirescam(const Model& model, const at::Tensor& x, const Target& target = Target::predicted(),
+                     const HiResCamOptions& options = {});
+// LayerCAM (Jiang et al. 2021): raw = sum_c relu(G_c) * A_c.
+Attribution layercam(const Model& model, const at::Tensor& x, const Target& target = Target::predicted(),
+                     const LayerCamOptions& options = {});
+// Element-wise Grad-CAM (pytorch-grad-cam): raw = sum_c relu(G_c * A_c).
+Attribution gradcam_elementwise(const Model& model, const at::Tensor& x, const Target& target = Target::predicted(),
+                                const GradCamElementwiseOptions& options = {});
+// Eigen-CAM (Muhammad & Yeasin 2020): the projection of the centred activations
+// [hw, C] on their first right singular vector. Gradient-free. The SVD's sign is
+// arbitrary; salient picks the sign that makes the map correlate positively with the
+// mean activation over channels.
+Attribution eigencam(const Model& model, const at::Tensor& x, const Target& target = Target::predicted(),
+                     const EigenCamOptions& options = {});
+// Eigen-Grad-CAM (pytorch-grad-cam): Eigen-CAM's projection of G * A; same sign rule
+// with the mean of G * A.
+Attribution eigengradcam(const Model& model, const at::Tensor& x, const Target& target = Target::predicted(),
+                         const EigenGradCamOptions& options = {});
+
+}  // namespace salient
