@@ -237,3 +237,68 @@ TEST(VanillaGradient, MatchesPlainAutogradOnAModelWithInPlaceOps) {
     EXPECT_TRUE(close(cam.raw, (g.mean({2, 3}).unsqueeze(-1).unsqueeze(-1) * full.taps[0]).sum(1, true), 1e-7, 1e-4));
   }
 }
+
+namespace {
+
+// Two ReLUs, one in-place, plus a residual add: what guided backprop and deconvnet must
+// override without editing the model.
+torch::jit::Module relu_model(const at::Tensor& w1, const at::Tensor& w2, const at::Tensor& fc) {
+  torch::jit::Module m("ReluModel");
+  m.register_parameter("w1", w1, false);
+  m.register_parameter("w2", w2, false);
+  m.register_parameter("fc", fc, false);
+  m.define(R"(
+def forward(self, x):
+    a = torch.conv2d(x, self.w1, None, 1, 1)
+    a = torch.relu_(a)
+    b = torch.conv2d(a, self.w2, None, 1, 1)
+    b = torch.relu(b + a)
+    return torch.matmul(torch.mean(b, [2, 3]), self.fc.t())
+)");
+  return m;
+}
+
+// The same network in eager ATen with the ReLU rule applied by hand.
+at::Tensor eager_relu_rule(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2, const at::Tensor& fc,
+                           int64_t target, bool deconv) {
+  at::Tensor leaf = x.clone().requires_grad_(true);
+  auto rule = [&](const at::Tensor& in) {
+    at::Tensor y = deconv ? in + (at::relu(in) - in).detach() : at::relu(in);
+    y.register_hook([](const at::Tensor& g) { return at::relu(g); });
+    return y;
+  };
+  at::Tensor a = rule(at::conv2d(leaf, w1, {}, 1, 1));
+  at::Tensor b = rule(at::conv2d(a, w2, {}, 1, 1) + a);
+  at::Tensor out = at::matmul(b.mean({2, 3}), fc.t());
+  return torch::autograd::grad({out.select(1, target).sum()}, {leaf})[0];
+}
+
+}  // namespace
+
+TEST(GuidedBackprop, EveryReluIsOverriddenIncludingInPlaceAndFunctionalOnes) {
+  at::Tensor w1 = at::randn({4, 2, 3, 3}), w2 = at::randn({4, 4, 3, 3}), fc = at::randn({3, 4});
+  auto model = Model::from_module(relu_model(w1, w2, fc), "relu_model");
+  at::Tensor x = at::randn({2, 2, 6, 6});
+  auto guided = salient::guided_backprop(model, x, Target::index(1));
+  auto deconv = salient::deconvnet(model, x, Target::index(1));
+  EXPECT_TRUE(close(guided.map, eager_relu_rule(x, w1, w2, fc, 1, false), 1e-6, 1e-5));
+  EXPECT_TRUE(close(deconv.map, eager_relu_rule(x, w1, w2, fc, 1, true), 1e-6, 1e-5));
+  // The rules change the backward only: the forward, and the plain gradient, are untouched.
+  auto plain = salient::vanilla_gradient(model, x, Target::index(1));
+  EXPECT_TRUE(at::allclose(guided.output, plain.output));
+  EXPECT_TRUE(at::allclose(deconv.output, plain.output));
+  EXPECT_FALSE(at::allclose(guided.map, plain.map));
+}
+
+TEST(GuidedBackprop, ModuleReluCalledTwiceOnTracedAndScriptedForms) {
+  auto traced = Model::load(data("models/resnet_tiny_traced.pt"));
+  auto scripted = Model::load(data("models/resnet_tiny_scripted.pt"));
+  at::Tensor x = at::randn({2, 3, 16, 16});
+  auto fr = traced.forward(x, {}, salient::Autograd::Off, salient::ReluGradient::Guided);
+  EXPECT_EQ(fr.relus.size(), 5u);  // stem relu + 2 calls of each block's one ReLU module
+  for (auto method : {salient::guided_backprop, salient::deconvnet}) {
+    auto a = method(traced, x, Target::index(2), {}), b = method(scripted, x, Target::index(2), {});
+    EXPECT_TRUE(close(a.map, b.map, 1e-8, 1e-4));
+    EXPECT_GT(a.map.abs().sum().item<double>(), 0);
+  }
+}

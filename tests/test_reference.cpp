@@ -115,3 +115,12 @@ TEST(EigenCam, SignRuleMakesTheMapFollowTheMeanActivation) {
     EXPECT_GE((a.raw[i][0] * m).sum().item<double>(), 0) << i;
   }
 }
+
+TEST(ReferenceParity, CaptumInputXGradientGuidedBackpropAndDeconvolution) {
+  const auto& x = reference()["input"];
+  EXPECT_TRUE(matches_reference(salient::input_x_gradient(smallcnn(), x, reference_targets()).map,
+                                "captum_input_x_gradient"));
+  EXPECT_TRUE(matches_reference(salient::guided_backprop(smallcnn(), x, reference_targets()).map,
+                                "captum_guided_backprop"));
+  EXPECT_TRUE(matches_reference(salient::deconvnet(smallcnn(), x, reference_targets()).map, "captum_deconvolution"));
+}

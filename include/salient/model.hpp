@@ -34,6 +34,16 @@ enum class Autograd {
              // and nothing before the taps is recorded (Grad-CAM's minimal cost)
 };
 
+// How the backward passes through ReLUs, for guided backprop and deconvnet. Every ReLU
+// op of the graph is affected (module or functional, in-place or not, each call).
+enum class ReluGradient {
+  Standard,   // the model as it is
+  Guided,     // ForwardResult::relus are the ReLU outputs; a hook clamping their
+              // gradient at 0 then gives relu(grad) * (y > 0) (Springenberg et al.)
+  Deconvnet,  // ReLUs pass gradients through unmasked (forward values unchanged);
+              // a hook clamping at 0 gives relu(grad) (Zeiler & Fergus)
+};
+
 struct LayerInfo {
   std::string path;            // module path: "features.10", "layer4.1.conv2", "body"
   std::string kind;            // module class: "Conv2d", "ReLU", "Sequential"
@@ -45,6 +55,7 @@ struct LayerInfo {
 struct ForwardResult {
   at::Tensor output;              // [N, classes]
   std::vector<at::Tensor> taps;   // one per requested layer, in request order
+  std::vector<at::Tensor> relus;  // with ReluGradient::Guided / Deconvnet: every ReLU output
 };
 
 class Model {
@@ -56,7 +67,7 @@ class Model {
 
   // Runs a batch [N, C, H, W]; taps are module paths, their outputs come back in order.
   ForwardResult forward(const at::Tensor& x, const std::vector<std::string>& taps = {},
-                        Autograd autograd = Autograd::Off) const;
+                        Autograd autograd = Autograd::Off, ReluGradient relu = ReluGradient::Standard) const;
   at::Tensor predict(const at::Tensor& x) const { return forward(x).output; }
 
   // All modules in definition order, with the output shape for a zero input of

@@ -156,8 +156,20 @@ TapGraph::TapGraph(const std::shared_ptr<Graph>& forward) : inlined_(forward->co
   }
 }
 
-std::shared_ptr<Graph> TapGraph::with_taps(const std::vector<ValueRef>& taps, bool leaves) const {
+std::shared_ptr<Graph> TapGraph::with_taps(const std::vector<ValueRef>& requested, bool leaves, int relus,
+                                           size_t* n_relus) const {
   auto g = inlined_->copy();
+  // ReLU outputs are handled as taps too: in-place ops writing to them become functional.
+  std::vector<ValueRef> taps(requested);
+  if (relus) {
+    std::map<size_t, Node*> by_tag;
+    tagged_nodes(*g, &by_tag);
+    for (const auto& kv : by_tag) {
+      std::string kind = kv.second->kind().toQualString();
+      if (kind == "aten::relu" || kind == "aten::relu_") taps.push_back({kv.first, 0});
+    }
+  }
+  if (n_relus) *n_relus = taps.size() - requested.size();
   auto locate = [&] {
     std::map<size_t, Node*> by_tag;
     tagged_nodes(*g, &by_tag);
@@ -180,7 +192,21 @@ std::shared_ptr<Graph> TapGraph::with_taps(const std::vector<ValueRef>& taps, bo
     if (!writers.empty())
       torch::jit::RemoveTensorMutation(g, [&](Node* n) { return writers.count(n) > 0; });
   }
-  std::vector<Value*> values = locate();  // again: the rewrite replaced some nodes
+  std::vector<Value*> all = locate();  // again: the rewrite replaced some nodes
+  std::vector<Value*> values(all.begin(), all.begin() + requested.size());
+  std::vector<Value*> relu_outs(all.begin() + requested.size(), all.end());
+  if (relus == 2) {
+    for (Value*& r : relu_outs) {
+      // Same value as relu(x), but d y / d x = 1: the backward passes through unmasked.
+      Value* x = r->node()->input(0);
+      torch::jit::WithInsertPoint guard(r->node()->next());
+      Value* diff = g->insert(c10::aten::sub, {r, x});
+      Value* stopped = g->insert(c10::aten::detach, {diff});
+      Value* y = g->insert(c10::aten::add, {x, stopped});
+      r->replaceAllUsesAfterNodeWith(y->node(), y);
+      r = y;
+    }
+  }
 
   std::vector<Value*> outs(values);
   if (leaves) {
@@ -209,6 +235,7 @@ std::shared_ptr<Graph> TapGraph::with_taps(const std::vector<ValueRef>& taps, bo
     }
   }
   for (Value* v : outs) g->registerOutput(v);
+  for (Value* v : relu_outs) g->registerOutput(v);
   // Argument lists built from constants at every call become constants, as the
   // graph executor does for the model's own forward.
   torch::jit::ConstantPropagation(g);

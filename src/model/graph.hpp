@@ -40,7 +40,11 @@ class TapGraph {
   // (they save memory and time) except those that write to a tap. With `leaves`, each
   // tap that no other tap depends on is detached and made to require grad, so that a
   // backward from the output stops there.
-  std::shared_ptr<torch::jit::Graph> with_taps(const std::vector<ValueRef>& taps, bool leaves) const;
+  // `relus` 1 also returns every top-level ReLU output after the taps; 2 does the same
+  // after rewriting each ReLU to y = x + detach(relu(x) - x) (value relu(x), gradient 1).
+  // *n_relus receives their number.
+  std::shared_ptr<torch::jit::Graph> with_taps(const std::vector<ValueRef>& taps, bool leaves, int relus = 0,
+                                               size_t* n_relus = nullptr) const;
   // A copy that also returns every tensor a top-level node produces (memory probe).
   std::shared_ptr<torch::jit::Graph> with_all_values() const;
 

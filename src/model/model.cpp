@@ -20,6 +20,7 @@ namespace {
 struct Compiled {
   std::shared_ptr<torch::jit::Graph> graph;
   std::unique_ptr<torch::jit::Code> code;
+  size_t n_relus = 0;
 };
 
 std::string shape_str(at::IntArrayRef s) {
@@ -99,8 +100,9 @@ struct Model::Impl {
   mutable std::map<std::vector<int64_t>, int64_t> bytes_cache;
   mutable std::map<std::vector<int64_t>, std::string> cam_layer_cache;
 
-  std::shared_ptr<Compiled> compile(const std::vector<std::string>& taps, Autograd mode) const {
-    std::string key = mode == Autograd::FromTaps ? "L|" : "F|";
+  std::shared_ptr<Compiled> compile(const std::vector<std::string>& taps, Autograd mode, ReluGradient relu) const {
+    std::string key = mode == Autograd::FromTaps ? "L" : "F";
+    key += std::to_string(static_cast<int>(relu)) + "|";
     for (const auto& t : taps) key += t + "|";
     std::lock_guard<std::mutex> lock(mu);
     auto it = compiled.find(key);
@@ -108,7 +110,7 @@ struct Model::Impl {
     std::vector<model::ValueRef> refs;
     for (const auto& t : taps) refs.push_back(graph->module_outputs().at(t).ref);
     auto c = std::make_shared<Compiled>();
-    c->graph = graph->with_taps(refs, mode == Autograd::FromTaps);
+    c->graph = graph->with_taps(refs, mode == Autograd::FromTaps, static_cast<int>(relu), &c->n_relus);
     c->code = std::make_unique<torch::jit::Code>(c->graph, "salient_forward");
     compiled[key] = c;
     return c;
@@ -198,11 +200,11 @@ void Model::check_layer(const std::string& path) const {
   SALIENT_FAIL("unknown layer '", path, "' in model '", impl_->name, "'; closest: ", closest);
 }
 
-ForwardResult Model::forward(const at::Tensor& x, const std::vector<std::string>& taps,
-                             Autograd autograd) const {
+ForwardResult Model::forward(const at::Tensor& x, const std::vector<std::string>& taps, Autograd autograd,
+                             ReluGradient relu) const {
   SALIENT_CHECK(x.defined(), "model '", impl_->name, "': input tensor is undefined");
   for (const auto& t : taps) check_layer(t);
-  auto compiled = impl_->compile(taps, autograd);
+  auto compiled = impl_->compile(taps, autograd, relu);
   std::vector<c10::IValue> stack;
   if (autograd == Autograd::Off) {
     at::NoGradGuard no_grad;
@@ -226,6 +228,7 @@ ForwardResult Model::forward(const at::Tensor& x, const std::vector<std::string>
     SALIENT_CHECK(v.isTensor(), "layer '", taps[i], "' did not produce a tensor");
     r.taps.push_back(v.toTensor());
   }
+  for (size_t i = 0; i < compiled->n_relus; ++i) r.relus.push_back(stack.at(1 + taps.size() + i).toTensor());
   return r;
 }
 
