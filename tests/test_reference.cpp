@@ -1,5 +1,9 @@
 // Parity with Captum 0.8.0 and pytorch-grad-cam 1.5.5 (tests/data/reference, copied from
 // ../shared/reference), each within the tolerance its manifest gives.
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+
 #include "helpers.hpp"
 
 using namespace testing_salient;
@@ -123,4 +127,50 @@ TEST(ReferenceParity, CaptumInputXGradientGuidedBackpropAndDeconvolution) {
   EXPECT_TRUE(matches_reference(salient::guided_backprop(smallcnn(), x, reference_targets()).map,
                                 "captum_guided_backprop"));
   EXPECT_TRUE(matches_reference(salient::deconvnet(smallcnn(), x, reference_targets()).map, "captum_deconvolution"));
+}
+
+TEST(ReferenceParity, CaptumIntegratedGradientsGaussLegendreAndTrapezoidWithDeltas) {
+  const auto& x = reference()["input"];
+  auto o = salient::IntegratedGradientsOptions().n_steps(32);
+  auto gl = salient::integrated_gradients(smallcnn(), x, reference_targets(), o);
+  EXPECT_TRUE(matches_reference(gl.map, "captum_ig_gausslegendre"));
+  EXPECT_TRUE(matches_reference(gl.delta, "captum_ig_gausslegendre_delta"));
+  // Captum's trapezoid (weights 1/n, summing to (n-1)/n) is offered as an option.
+  auto tr = salient::integrated_gradients(
+      smallcnn(), x, reference_targets(),
+      salient::IntegratedGradientsOptions(o).integration(salient::Integration::RiemannTrapezoidCaptum));
+  EXPECT_TRUE(matches_reference(tr.map, "captum_ig_riemann_trapezoid"));
+  EXPECT_TRUE(matches_reference(tr.delta, "captum_ig_riemann_trapezoid_delta"));
+  // Chunked by a small memory budget: the same numbers.
+  auto small = salient::integrated_gradients(
+      smallcnn(), x, reference_targets(),
+      salient::IntegratedGradientsOptions(o).memory_budget(5 * smallcnn().bytes_per_sample({3, 64, 64})));
+  EXPECT_TRUE(matches_reference(small.map, "captum_ig_gausslegendre"));
+}
+
+TEST(ReferenceParity, QuadratureRulesAreCaptumsPointsAndWeights) {
+  std::ifstream f(data("reference/manifest.json"));
+  auto m = nlohmann::json::parse(f);
+  for (const auto& e : m["tensors"]) {
+    std::string name = e["name"];
+    if (name != "captum_ig_gausslegendre" && name != "captum_ig_riemann_trapezoid") continue;
+    auto q = salient::quadrature(name == "captum_ig_gausslegendre" ? salient::Integration::GaussLegendre
+                                                                    : salient::Integration::RiemannTrapezoidCaptum,
+                                 32);
+    auto alphas = e["alphas"].get<std::vector<double>>(), steps = e["step_sizes"].get<std::vector<double>>();
+    ASSERT_EQ(q.alphas.size(), 32u);
+    for (size_t i = 0; i < 32; ++i) {
+      EXPECT_NEAR(q.alphas[i], alphas[i], 1e-15) << name << " " << i;
+      EXPECT_NEAR(q.weights[i], steps[i], 1e-15) << name << " " << i;
+    }
+  }
+  // Textbook trapezoid weights sum to 1; every rule integrates a constant exactly.
+  for (auto rule : {salient::Integration::RiemannLeft, salient::Integration::RiemannRight,
+                    salient::Integration::RiemannMiddle, salient::Integration::RiemannTrapezoid,
+                    salient::Integration::GaussLegendre}) {
+    auto q = salient::quadrature(rule, 17);
+    double sum = 0;
+    for (double w : q.weights) sum += w;
+    EXPECT_NEAR(sum, 1.0, 1e-12) << salient::to_string(rule);
+  }
 }

@@ -18,6 +18,7 @@ struct Attribution {
   at::Tensor weights;    // CAM methods: [N,C] channel weights
   at::Tensor output;     // model output [N,K] on the clean input, when the method computed it
   at::Tensor targets;    // [N] int64 class per sample (-1 for score-function targets)
+  at::Tensor delta;      // Integrated Gradients: completeness error per sample [N]
   std::string layer;     // CAM methods: the module path used
   int64_t forward_samples = 0;   // samples pushed through a forward pass
   int64_t backward_samples = 0;  // samples pushed through a backward pass

@@ -12,6 +12,7 @@
 #include "salient/error.hpp"
 #include "salient/cam.hpp"
 #include "salient/gradient.hpp"
+#include "salient/integrated_gradients.hpp"
 #include "salient/io.hpp"
 #include "salient/model.hpp"
 #include "salient/render.hpp"
