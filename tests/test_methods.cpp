@@ -302,3 +302,88 @@ TEST(GuidedBackprop, ModuleReluCalledTwiceOnTracedAndScriptedForms) {
     EXPECT_GT(a.map.abs().sum().item<double>(), 0);
   }
 }
+
+namespace {
+
+// A smooth network (tanh, no ReLU kinks): Integrated Gradients' completeness holds to
+// quadrature accuracy.
+torch::jit::Module smooth_model(const at::Tensor& w1, const at::Tensor& fc) {
+  torch::jit::Module m("SmoothModel");
+  m.register_parameter("w1", w1, false);
+  m.register_parameter("fc", fc, false);
+  m.define(R"(
+def forward(self, x):
+    a = torch.tanh(torch.conv2d(x, self.w1, None, 1, 1))
+    return torch.matmul(torch.mean(a * a, [2, 3]), self.fc.t())
+)");
+  return m;
+}
+
+}  // namespace
+
+TEST(IntegratedGradients, CompletenessWithin1PercentAt64GaussLegendreSteps) {
+  at::manual_seed(5);
+  auto model = Model::from_module(smooth_model(at::randn({6, 3, 3, 3}), at::randn({4, 6})), "smooth");
+  at::Tensor x = at::randn({3, 3, 8, 8});
+  for (auto kind : {salient::BaselineKind::Zero, salient::BaselineKind::Blur, salient::BaselineKind::Noise}) {
+    auto o = salient::IntegratedGradientsOptions().n_steps(64).baseline_kind(kind);
+    auto a = salient::integrated_gradients(model, x, Target::per_sample({0, 2, 3}), o);
+    at::Tensor base = salient::make_baseline(x, o);
+    at::Tensor f = model.predict(x), f0 = model.predict(base);
+    at::Tensor gap = at::stack({f[0][0] - f0[0][0], f[1][2] - f0[1][2], f[2][3] - f0[2][3]});
+    for (int64_t i = 0; i < 3; ++i)
+      EXPECT_LE(std::abs(a.delta[i].item<double>()), 0.01 * std::abs(gap[i].item<double>())) << int(kind) << " " << i;
+    // delta is sum(attr) - (F(x) - F(x')) exactly as reported.
+    EXPECT_TRUE(close(a.delta, a.map.flatten(1).sum(1) - gap, 1e-6, 1e-4));
+  }
+}
+
+TEST(IntegratedGradients, BaselinesAreDeterministicAndChecked) {
+  at::Tensor x = at::randn({2, 3, 16, 16});
+  auto o = salient::IntegratedGradientsOptions();
+  EXPECT_TRUE(at::equal(salient::make_baseline(x, o), at::zeros_like(x)));
+  auto noise = salient::IntegratedGradientsOptions().baseline_kind(salient::BaselineKind::Noise).seed(4);
+  at::Tensor n1 = salient::make_baseline(x, noise), n2 = salient::make_baseline(x, noise);
+  EXPECT_TRUE(at::equal(n1, n2));
+  EXPECT_GE(n1[0].min().item<double>(), x[0].min().item<double>());
+  EXPECT_LE(n1[0].max().item<double>(), x[0].max().item<double>());
+  // A blurred constant image is the image.
+  at::Tensor flat = at::full({1, 3, 16, 16}, 0.7);
+  EXPECT_TRUE(at::allclose(salient::gaussian_blur(flat, 11, 5.0), flat));
+  at::Tensor user = at::randn({3, 16, 16});
+  EXPECT_TRUE(at::equal(salient::make_baseline(x, salient::IntegratedGradientsOptions().baseline(user))[1], user));
+  auto model = Model::load(data("reference/smallcnn_traced.pt"));
+  EXPECT_NE(msg_of([&] {
+              salient::integrated_gradients(model, reference()["input"], Target::predicted(),
+                                            salient::IntegratedGradientsOptions().baseline(at::zeros({3, 8, 8})));
+            }).find("does not fit input"),
+            std::string::npos);
+  EXPECT_NE(msg_of([&] {
+              salient::integrated_gradients(model, reference()["input"], Target::predicted(),
+                                            salient::IntegratedGradientsOptions().n_steps(0));
+            }).find("n_steps must be >= 1"),
+            std::string::npos);
+}
+
+TEST(NoiseTunnel, WrapsAnyInputMethodAndKeepsItsTargets) {
+  auto model = Model::load(data("reference/smallcnn_traced.pt"));
+  at::Tensor x = reference()["input"];
+  int calls = 0;
+  auto ig_base = [&](const Model& m, const at::Tensor& rows, const Target& t) {
+    ++calls;
+    return salient::integrated_gradients(m, rows, t, salient::IntegratedGradientsOptions().n_steps(4));
+  };
+  auto o = salient::SmoothGradOptions().n_samples(3).seed(2).base(ig_base);
+  auto a = salient::smoothgrad(model, x, Target::per_sample({3, 2, 1, 0}), o);
+  EXPECT_GE(calls, 1);
+  EXPECT_EQ(to_vector(a.targets), (std::vector<int64_t>{3, 2, 1, 0}));
+  // Zero noise: the tunnel returns the base method's own map.
+  auto zero = salient::smoothgrad(model, x, Target::per_sample({3, 2, 1, 0}),
+                                  salient::SmoothGradOptions(o).noise_level(0));
+  auto ig = salient::integrated_gradients(model, x, Target::per_sample({3, 2, 1, 0}),
+                                          salient::IntegratedGradientsOptions().n_steps(4));
+  EXPECT_TRUE(close(zero.map, ig.map, 1e-10, 1e-4));
+  auto var = salient::smoothgrad(model, x, Target::per_sample({3, 2, 1, 0}),
+                                 salient::SmoothGradOptions(o).noise_level(0).aggregation(salient::NoiseAggregation::Variance));
+  EXPECT_LT(var.map.abs().max().item<double>(), 1e-12);
+}

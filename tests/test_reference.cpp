@@ -174,3 +174,16 @@ TEST(ReferenceParity, QuadratureRulesAreCaptumsPointsAndWeights) {
     EXPECT_NEAR(sum, 1.0, 1e-12) << salient::to_string(rule);
   }
 }
+
+TEST(ReferenceParity, NoiseTunnelSmoothGradSquaredAndVarGradWithTheStoredNoise) {
+  const auto& ref = reference();
+  at::Tensor noise = ref["smoothgrad_noise"];
+  auto o = salient::SmoothGradOptions().n_samples(noise.size(0)).noise(
+      [&](int64_t s, const at::Tensor&, const at::Tensor&) { return noise[s]; });
+  auto sq = salient::smoothgrad(smallcnn(), ref["input"], reference_targets(),
+                                salient::SmoothGradOptions(o).aggregation(salient::NoiseAggregation::MeanSquare));
+  auto var = salient::smoothgrad(smallcnn(), ref["input"], reference_targets(),
+                                 salient::SmoothGradOptions(o).aggregation(salient::NoiseAggregation::Variance));
+  EXPECT_TRUE(matches_reference(sq.map, "smoothgrad_sq"));
+  EXPECT_TRUE(matches_reference(var.map, "vargrad"));
+}

@@ -34,6 +34,11 @@ void check_finite(const at::Tensor& t, const char* method, const char* what) {
                 what);
 }
 
+std::vector<int64_t> to_vector(const at::Tensor& t) {
+  at::Tensor c = t.to(at::kLong).contiguous();
+  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+}
+
 std::vector<int64_t> sample_shape(const at::Tensor& x) { return x.sizes().slice(1).vec(); }
 
 }  // namespace detail

@@ -22,6 +22,8 @@ bool all_finite(const at::Tensor& t);
 
 void check_finite(const at::Tensor& t, const char* method, const char* what);
 
+std::vector<int64_t> to_vector(const at::Tensor& t);  // int64 values
+
 // [C, H, W] of a batch.
 std::vector<int64_t> sample_shape(const at::Tensor& x);
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "methods/common.hpp"
+#include "salient/gradient.hpp"
 
 namespace salient {
 
@@ -24,12 +25,15 @@ Attribution smoothgrad(const Model& model, const at::Tensor& x, const Target& ta
   const int64_t batch = xf.size(0);
 
   Attribution a;
-  // Targets are fixed on the clean input; only "predicted" needs a forward for that.
+  // The predicted class is fixed on the clean input (one forward); explicit targets and
+  // score functions pass to the noisy rows as they are.
+  Target resolved = target;
   if (target.is_predicted()) {
     a.output = model.forward(xf).output;
     a.forward_samples += batch;
+    resolved = Target::per_sample(detail::to_vector(target.resolve(a.output)));
   }
-  at::Tensor classes = a.output.defined() ? target.resolve(a.output) : at::Tensor();
+  at::Tensor targets_out = at::full({batch}, -1, at::TensorOptions().dtype(at::kLong));
 
   at::Tensor flat = xf.flatten(1);
   at::Tensor stdev = options.noise_level() * (std::get<0>(flat.max(1)) - std::get<0>(flat.min(1)));
@@ -45,7 +49,14 @@ Attribution smoothgrad(const Model& model, const at::Tensor& x, const Target& ta
   // same whatever the chunk size.
   const int64_t rows = n * batch;
   const int64_t chunk = std::min(rows, chunk_rows(model, xf, options.memory_budget()));
-  at::Tensor sum = at::zeros_like(xf);
+  at::Tensor sum = at::zeros_like(xf), sum_sq = at::zeros_like(xf);
+  InputMethod base = options.base();
+  if (!base) {
+    Score score = options.score();
+    base = [score](const Model& m, const at::Tensor& rows, const Target& t) {
+      return vanilla_gradient(m, rows, t, VanillaOptions().score(score));
+    };
+  }
   at::Tensor current_noise;
   int64_t current_s = -1;
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
@@ -64,19 +75,25 @@ Attribution smoothgrad(const Model& model, const at::Tensor& x, const Target& ta
       for (int64_t b = b0; b < b1; ++b) examples.push_back(b);
       r += b1 - b0;
     }
-    at::Tensor leaf = at::cat(parts).requires_grad_(true);
+    at::Tensor rows_x = at::cat(parts);
     at::Tensor idx = at::tensor(examples, at::TensorOptions().dtype(at::kLong));
-    auto fr = model.forward(leaf, {}, Autograd::Full);
-    if (!classes.defined()) classes = target.resolve(batch, fr.output.size(1));
-    at::Tensor s = target.scores(fr.output, classes.index_select(0, idx), options.score());
-    at::Tensor g = torch::autograd::grad({s.sum()}, {leaf})[0];
-    detail::check_finite(g, "smoothgrad", "the input gradient");
-    sum.index_add_(0, idx, g);
+    // The base sees each noisy row with its example's class (or the score function).
+    Attribution b = base(model, rows_x, resolved.select(idx, batch));
+    if (b.targets.defined()) targets_out.index_copy_(0, idx, b.targets);
+    SALIENT_CHECK(b.map.sizes() == rows_x.sizes(), "smoothgrad: the base method returned ",
+                  detail::shape_str(b.map.sizes()), " for rows ", detail::shape_str(rows_x.sizes()));
+    sum.index_add_(0, idx, b.map);
+    if (options.aggregation() != NoiseAggregation::Mean) sum_sq.index_add_(0, idx, b.map * b.map);
+    a.forward_samples += b.forward_samples;
+    a.backward_samples += b.backward_samples;
   }
-  a.map = sum / static_cast<double>(n);
-  a.targets = classes;
-  a.forward_samples += rows;
-  a.backward_samples = rows;
+  const double inv = 1.0 / static_cast<double>(n);
+  switch (options.aggregation()) {
+    case NoiseAggregation::Mean: a.map = sum * inv; break;
+    case NoiseAggregation::MeanSquare: a.map = sum_sq * inv; break;
+    case NoiseAggregation::Variance: a.map = sum_sq * inv - (sum * inv) * (sum * inv); break;
+  }
+  a.targets = targets_out;
   return a;
 }
 

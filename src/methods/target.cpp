@@ -79,6 +79,24 @@ at::Tensor Target::scores(const at::Tensor& output, const at::Tensor& classes, S
   return base.gather(1, idx).squeeze(1);
 }
 
+Target Target::select(const at::Tensor& rows, int64_t n) const {
+  switch (kind_) {
+    case Kind::Predicted:
+      SALIENT_FAIL("the predicted target must be resolved before selecting rows");
+    case Kind::PerSample: {
+      SALIENT_CHECK(static_cast<int64_t>(classes_.size()) == n, "got ", classes_.size(), " targets for a batch of ", n);
+      at::Tensor r = rows.to(at::kLong).contiguous();
+      std::vector<int64_t> picked;
+      for (int64_t i = 0; i < r.numel(); ++i) picked.push_back(classes_.at(r.data_ptr<int64_t>()[i]));
+      return per_sample(picked);
+    }
+    case Kind::Index:
+    case Kind::Function:
+      return *this;
+  }
+  return *this;
+}
+
 std::string Target::describe() const {
   switch (kind_) {
     case Kind::Predicted: return "predicted";
