@@ -187,3 +187,12 @@ TEST(ReferenceParity, NoiseTunnelSmoothGradSquaredAndVarGradWithTheStoredNoise) 
   EXPECT_TRUE(matches_reference(sq.map, "smoothgrad_sq"));
   EXPECT_TRUE(matches_reference(var.map, "vargrad"));
 }
+
+TEST(ReferenceParity, CaptumGuidedGradCamInOneForward) {
+  auto a = salient::guided_gradcam(smallcnn(), reference()["input"], reference_targets(),
+                                   salient::CamOptions().layer("features.10"));
+  EXPECT_TRUE(matches_reference(a.map, "captum_guided_gradcam"));
+  EXPECT_TRUE(matches_reference(a.raw, "captum_layer_gradcam_raw"));
+  EXPECT_EQ(a.forward_samples, 4);
+  EXPECT_EQ(a.backward_samples, 8);
+}

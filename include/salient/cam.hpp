@@ -33,6 +33,7 @@ using LayerCamOptions = CamOptions;
 using GradCamElementwiseOptions = CamOptions;
 using EigenCamOptions = CamOptions;
 using EigenGradCamOptions = CamOptions;
+using GuidedGradCamOptions = CamOptions;
 
 // Grad-CAM (Selvaraju et al. 2017): w_c = mean_hw G_c; raw = sum_c w_c A_c.
 Attribution gradcam(const Model& model, const at::Tensor& x, const Target& target = Target::predicted(),
@@ -64,5 +65,13 @@ Attribution eigencam(const Model& model, const at::Tensor& x, const Target& targ
 // with the mean of G * A.
 Attribution eigengradcam(const Model& model, const at::Tensor& x, const Target& target = Target::predicted(),
                          const EigenGradCamOptions& options = {});
+
+// Guided Grad-CAM (Selvaraju et al. 2017), as Captum's GuidedGradCam: guided backprop
+// times the Grad-CAM map after ReLU upsampled by nearest neighbour, broadcast over the
+// input channels. map: [N,C,H,W]; layer_map, raw and weights are Grad-CAM's. Cost: one
+// forward and two backward passes (the plain one to the layer, the guided one to the
+// input), where running the two methods would take two forwards.
+Attribution guided_gradcam(const Model& model, const at::Tensor& x, const Target& target = Target::predicted(),
+                           const GuidedGradCamOptions& options = {});
 
 }  // namespace salient

@@ -3,6 +3,7 @@
 #include <functional>
 
 #include "methods/common.hpp"
+#include "salient/gradient.hpp"
 
 namespace salient {
 
@@ -141,6 +142,37 @@ Attribution eigengradcam(const Model& model, const at::Tensor& x, const Target& 
   LayerPass p = layer_pass(model, x, target, options, true, "eigengradcam");
   at::NoGradGuard no_grad;
   return finish(p, principal_projection(p.grad * p.act), at::Tensor());
+}
+
+Attribution guided_gradcam(const Model& model, const at::Tensor& x, const Target& target,
+                           const GuidedGradCamOptions& options) {
+  at::Tensor xf = detail::checked_input(x, "guided_gradcam");
+  std::string layer = options.layer().empty() ? model.default_cam_layer(detail::sample_shape(xf)) : options.layer();
+  at::Tensor leaf = xf.clone().requires_grad_(true);
+  auto fr = model.forward(leaf, {layer}, Autograd::Full, ReluGradient::Guided);
+  const at::Tensor& act = fr.taps[0];
+  SALIENT_CHECK(act.dim() == 4, "guided_gradcam: layer '", layer, "' outputs ", detail::shape_str(act.sizes()),
+                "; CAM methods need a 4-D [N, C, h, w] output (pick a convolutional layer)");
+  Attribution a;
+  a.layer = layer;
+  a.targets = target.resolve(fr.output);
+  at::Tensor s = target.scores(fr.output, a.targets, options.score()).sum();
+  // The plain gradient at the layer first; then the ReLU hooks make the second
+  // backward, to the input, guided.
+  at::Tensor grad = torch::autograd::grad({s}, {act}, {}, /*retain_graph=*/true)[0];
+  detail::check_finite(grad, "guided_gradcam", ("the gradient at layer '" + layer + "'").c_str());
+  clamp_relu_gradients(fr);
+  at::Tensor guided = torch::autograd::grad({s}, {leaf})[0];
+  detail::check_finite(guided, "guided_gradcam", "the guided input gradient");
+  at::NoGradGuard no_grad;
+  a.weights = grad.mean({2, 3});
+  a.raw = (a.weights.unsqueeze(-1).unsqueeze(-1) * act.detach()).sum(1, /*keepdim=*/true);
+  a.layer_map = at::relu(a.raw);
+  a.map = guided * at::upsample_nearest2d(a.layer_map, {xf.size(2), xf.size(3)});
+  a.output = fr.output.detach();
+  a.forward_samples = xf.size(0);
+  a.backward_samples = 2 * xf.size(0);
+  return a;
 }
 
 }  // namespace salient
