@@ -387,3 +387,48 @@ TEST(NoiseTunnel, WrapsAnyInputMethodAndKeepsItsTargets) {
                                  salient::SmoothGradOptions(o).noise_level(0).aggregation(salient::NoiseAggregation::Variance));
   EXPECT_LT(var.map.abs().max().item<double>(), 1e-12);
 }
+
+TEST(Occlusion, LinearModelGetsTheMeanWindowContributionAndBadWindowsAreRejected) {
+  at::Tensor w = at::randn({2, 1 * 6 * 6}), b = at::zeros({2});
+  auto model = Model::from_module(linear_model(w, b), "linear");
+  at::Tensor x = at::randn({1, 1, 6, 6});
+  auto a = salient::occlusion(model, x, Target::index(1),
+                              salient::OcclusionOptions().window(3).stride(3).optimized(false));
+  // Windows tile the image: each pixel's value is its window's sum of w * x.
+  at::Tensor contrib = (w[1].view({6, 6}) * x[0][0]);
+  for (int64_t i = 0; i < 6; ++i)
+    for (int64_t j = 0; j < 6; ++j) {
+      double expected = contrib.narrow(0, i / 3 * 3, 3).narrow(1, j / 3 * 3, 3).sum().item<double>();
+      EXPECT_NEAR(a.map[0][0][i][j].item<double>(), expected, 1e-5);
+    }
+  EXPECT_NE(msg_of([&] { salient::occlusion(model, x, Target::index(1), salient::OcclusionOptions().window(7)); })
+                .find("window 7 is larger than the image (6x6)"),
+            std::string::npos);
+  EXPECT_NE(msg_of([&] { salient::occlusion(model, x, Target::index(2), salient::OcclusionOptions().window(2)); })
+                .find("target 2 out of range"),
+            std::string::npos);
+}
+
+TEST(Rise, MapIsTheScoreWeightedMaskMeanAndSeedsRepeat) {
+  at::Tensor w = at::randn({2, 1 * 8 * 8}), b = at::zeros({2});
+  auto model = Model::from_module(linear_model(w, b), "linear");
+  at::Tensor x = at::randn({2, 1, 8, 8});
+  auto o = salient::RiseOptions().n_masks(50).cell(3).seed(9).score(salient::Score::Logit).optimized(false);
+  auto a = salient::rise(model, x, Target::per_sample({0, 1}), o);
+  at::Tensor masks = salient::rise_masks(50, 8, 8, o);
+  EXPECT_EQ(masks.sizes(), (std::vector<int64_t>{50, 1, 8, 8}));
+  EXPECT_GE(masks.min().item<double>(), 0.0);
+  EXPECT_LE(masks.max().item<double>(), 1.0);
+  for (int64_t s = 0; s < 2; ++s) {
+    at::Tensor scores = at::matmul((x[s] * masks).flatten(1), w[s].unsqueeze(1)).squeeze(1);  // [50]
+    at::Tensor expected = (scores.view({50, 1, 1, 1}) * masks).sum(0) / (50 * 0.5);
+    EXPECT_TRUE(close(a.map[s], expected, 1e-5, 1e-4));
+  }
+  auto again = salient::rise(model, x, Target::per_sample({0, 1}), o);
+  EXPECT_TRUE(at::equal(a.map, again.map));
+  auto other = salient::rise(model, x, Target::per_sample({0, 1}), salient::RiseOptions(o).seed(10));
+  EXPECT_FALSE(at::allclose(a.map, other.map));
+  // Each sample alone gets the same masks, so the same map.
+  auto one = salient::rise(model, x.narrow(0, 1, 1), Target::index(1), o);
+  EXPECT_TRUE(close(one.map[0], a.map[1], 1e-6, 1e-5));
+}

@@ -196,3 +196,14 @@ TEST(ReferenceParity, CaptumGuidedGradCamInOneForward) {
   EXPECT_EQ(a.forward_samples, 4);
   EXPECT_EQ(a.backward_samples, 8);
 }
+
+TEST(ReferenceParity, CaptumOcclusionWithTheModelAsItIs) {
+  auto a = salient::occlusion(smallcnn(), reference()["input"], reference_targets(),
+                              salient::OcclusionOptions().window(8).stride(4).optimized(false));
+  EXPECT_TRUE(matches_reference(a.map, "captum_occlusion"));
+  EXPECT_EQ(a.forward_samples, 4 * (15 * 15 + 1));
+  // The frozen, inference-optimised graph gives nearly the same map, faster.
+  auto fast = salient::occlusion(smallcnn(), reference()["input"], reference_targets(),
+                                 salient::OcclusionOptions().window(8).stride(4));
+  EXPECT_TRUE(close(fast.map, reference()["captum_occlusion"], 2e-5, 1e-3));
+}

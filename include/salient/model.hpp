@@ -69,6 +69,10 @@ class Model {
   ForwardResult forward(const at::Tensor& x, const std::vector<std::string>& taps = {},
                         Autograd autograd = Autograd::Off, ReluGradient relu = ReluGradient::Standard) const;
   at::Tensor predict(const at::Tensor& x) const { return forward(x).output; }
+  // Output of a frozen, inference-optimised copy of the model (torch::jit::freeze +
+  // optimize_for_inference: BatchNorm folded into convolutions, oneDNN layouts), built
+  // on first use; for forward-only methods. Numerically close to predict(), not equal.
+  at::Tensor infer(const at::Tensor& x) const;
 
   // All modules in definition order, with the output shape for a zero input of
   // shape [1, input_shape...] (input_shape is [C, H, W]).

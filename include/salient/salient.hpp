@@ -15,6 +15,7 @@
 #include "salient/integrated_gradients.hpp"
 #include "salient/io.hpp"
 #include "salient/model.hpp"
+#include "salient/perturbation.hpp"
 #include "salient/render.hpp"
 #include "salient/smoothgrad.hpp"
 #include "salient/target.hpp"

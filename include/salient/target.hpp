@@ -39,6 +39,10 @@ class Target {
   // Differentiable score per sample [N]; `classes` comes from resolve().
   at::Tensor scores(const at::Tensor& output, const at::Tensor& classes, Score score) const;
 
+  // Class per sample for a batch of n, not range-checked (resolve() does that against
+  // an output). For index() and per_sample() only.
+  std::vector<int64_t> classes(int64_t n) const;
+
   // The target of rows `rows` (int64 indices into the batch) of a batch of n, e.g. for
   // noisy copies of its samples. Not for predicted(): resolve the classes first.
   Target select(const at::Tensor& rows, int64_t n) const;

@@ -1,5 +1,6 @@
 #include "methods/common.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 namespace salient {
@@ -37,6 +38,43 @@ void check_finite(const at::Tensor& t, const char* method, const char* what) {
 std::vector<int64_t> to_vector(const at::Tensor& t) {
   at::Tensor c = t.to(at::kLong).contiguous();
   return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+}
+
+std::vector<int64_t> sample_classes(const Model& model, const at::Tensor& x, const Target& target, bool optimized,
+                                    Attribution* a) {
+  if (target.is_function()) return {};
+  if (!target.is_predicted()) return target.classes(x.size(0));
+  a->output = optimized ? model.infer(x) : model.predict(x);
+  a->forward_samples += x.size(0);
+  return to_vector(target.resolve(a->output));
+}
+
+at::Tensor batched_scores(const Model& model, int64_t rows, int64_t chunk,
+                          const std::function<at::Tensor(int64_t, int64_t)>& make_rows,
+                          const std::function<int64_t(int64_t)>& sample_of, const std::vector<int64_t>& classes,
+                          const Target& target, Score score, bool optimized) {
+  std::vector<at::Tensor> scores;
+  at::NoGradGuard no_grad;
+  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+    const int64_t r1 = std::min(rows, r0 + chunk);
+    at::Tensor batch = make_rows(r0, r1);
+    at::Tensor out = optimized ? model.infer(batch) : model.predict(batch);
+    if (classes.empty()) {
+      scores.push_back(target.scores(out, at::Tensor(), score).to(at::kFloat));
+      continue;
+    }
+    std::vector<int64_t> row_classes;
+    for (int64_t r = r0; r < r1; ++r) row_classes.push_back(classes.at(sample_of(r)));
+    Target rows_target = Target::per_sample(row_classes);
+    scores.push_back(rows_target.scores(out, rows_target.resolve(out), score).to(at::kFloat));
+  }
+  return at::cat(scores);
+}
+
+int64_t forward_chunk_rows(const Model& model, const at::Tensor& x, int64_t budget) {
+  // Without autograd a forward holds about half of what a forward and backward do.
+  int64_t per_row = std::max<int64_t>(1, model.bytes_per_sample(sample_shape(x)) / 2);
+  return std::max<int64_t>(1, budget / per_row);
 }
 
 std::vector<int64_t> sample_shape(const at::Tensor& x) { return x.sizes().slice(1).vec(); }

@@ -3,10 +3,14 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/autograd.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
+#include "salient/attribution.hpp"
 #include "salient/error.hpp"
+#include "salient/model.hpp"
+#include "salient/target.hpp"
 
 namespace salient {
 namespace detail {
@@ -23,6 +27,22 @@ bool all_finite(const at::Tensor& t);
 void check_finite(const at::Tensor& t, const char* method, const char* what);
 
 std::vector<int64_t> to_vector(const at::Tensor& t);  // int64 values
+
+// Per-sample classes of a forward-only method: explicit ones as given, the predicted
+// ones from one forward (recorded in *a); empty for a score function.
+std::vector<int64_t> sample_classes(const Model& model, const at::Tensor& x, const Target& target, bool optimized,
+                                    Attribution* a);
+
+// Scores of many perturbed rows, forward-only, in chunks: rows [r0, r1) come from
+// make_rows(r0, r1); row r belongs to sample sample_of(r) and is scored for that
+// sample's class (range-checked against the output), or by the target's function.
+at::Tensor batched_scores(const Model& model, int64_t rows, int64_t chunk,
+                          const std::function<at::Tensor(int64_t, int64_t)>& make_rows,
+                          const std::function<int64_t(int64_t)>& sample_of, const std::vector<int64_t>& classes,
+                          const Target& target, Score score, bool optimized);
+
+// Rows per forward-only chunk under `budget` bytes for samples like x's.
+int64_t forward_chunk_rows(const Model& model, const at::Tensor& x, int64_t budget);
 
 // [C, H, W] of a batch.
 std::vector<int64_t> sample_shape(const at::Tensor& x);

@@ -79,6 +79,18 @@ at::Tensor Target::scores(const at::Tensor& output, const at::Tensor& classes, S
   return base.gather(1, idx).squeeze(1);
 }
 
+std::vector<int64_t> Target::classes(int64_t n) const {
+  switch (kind_) {
+    case Kind::Index:
+      return std::vector<int64_t>(n, classes_[0]);
+    case Kind::PerSample:
+      SALIENT_CHECK(static_cast<int64_t>(classes_.size()) == n, "got ", classes_.size(), " targets for a batch of ", n);
+      return classes_;
+    default:
+      SALIENT_FAIL("this target has no fixed classes: ", describe());
+  }
+}
+
 Target Target::select(const at::Tensor& rows, int64_t n) const {
   switch (kind_) {
     case Kind::Predicted:

@@ -99,6 +99,8 @@ struct Model::Impl {
   mutable std::map<std::vector<int64_t>, std::vector<LayerInfo>> layer_cache;
   mutable std::map<std::vector<int64_t>, int64_t> bytes_cache;
   mutable std::map<std::vector<int64_t>, std::string> cam_layer_cache;
+  mutable std::once_flag frozen_once;
+  mutable std::unique_ptr<torch::jit::Module> frozen;
 
   std::shared_ptr<Compiled> compile(const std::vector<std::string>& taps, Autograd mode, ReluGradient relu) const {
     std::string key = mode == Autograd::FromTaps ? "L" : "F";
@@ -230,6 +232,28 @@ ForwardResult Model::forward(const at::Tensor& x, const std::vector<std::string>
   }
   for (size_t i = 0; i < compiled->n_relus; ++i) r.relus.push_back(stack.at(1 + taps.size() + i).toTensor());
   return r;
+}
+
+at::Tensor Model::infer(const at::Tensor& x) const {
+  SALIENT_CHECK(x.defined(), "model '", impl_->name, "': input tensor is undefined");
+  std::call_once(impl_->frozen_once, [this] {
+    // A copy in eval mode, so that the caller's module keeps its flags and weights.
+    torch::jit::Module copy = impl_->module.clone();
+    copy.eval();
+    torch::jit::Module frozen = torch::jit::freeze(copy);
+    impl_->frozen = std::make_unique<torch::jit::Module>(torch::jit::optimize_for_inference(frozen));
+  });
+  at::NoGradGuard no_grad;
+  c10::IValue out;
+  try {
+    out = impl_->frozen->forward({x});
+  } catch (const std::exception& e) {
+    SALIENT_FAIL("model '", impl_->name, "' failed on input of shape ", shape_str(x.sizes()), ": ", brief(e));
+  }
+  if (out.isTuple() && !out.toTupleRef().elements().empty()) out = out.toTupleRef().elements()[0];
+  if (out.isList() && !out.toListRef().empty()) out = out.toListRef()[0];
+  SALIENT_CHECK(out.isTensor(), "model '", impl_->name, "' returned ", out.tagKind(), ", expected a [N, classes] tensor");
+  return out.toTensor();
 }
 
 std::vector<std::string> Model::tappable_layers() const {
