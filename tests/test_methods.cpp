@@ -432,3 +432,22 @@ TEST(Rise, MapIsTheScoreWeightedMaskMeanAndSeedsRepeat) {
   auto one = salient::rise(model, x.narrow(0, 1, 1), Target::index(1), o);
   EXPECT_TRUE(close(one.map[0], a.map[1], 1e-6, 1e-5));
 }
+
+TEST(FasterScoreCam, AllChannelsIsScoreCamAndTopKKeepsTheMostVariedChannels) {
+  auto model = Model::load(data("reference/smallcnn_traced.pt"));
+  at::Tensor x = reference()["input"].narrow(0, 0, 2);
+  auto full = salient::scorecam(model, x, Target::per_sample({0, 1}),
+                                salient::ScoreCamOptions().layer("features.10").optimized(false));
+  auto all = salient::faster_scorecam(model, x, Target::per_sample({0, 1}),
+                                      salient::FasterScoreCamOptions().layer("features.10").top_k(64).optimized(false));
+  EXPECT_TRUE(close(all.weights, full.weights, 1e-9, 1e-5));
+  auto fast = salient::faster_scorecam(model, x, Target::per_sample({0, 1}),
+                                       salient::FasterScoreCamOptions().layer("features.10").optimized(false));
+  EXPECT_EQ(fast.forward_samples, 2 * 7);  // ceil(10% of 64) channels per sample
+  at::Tensor act = model.forward(x, {"features.10"}).taps[0];
+  at::Tensor top = std::get<1>(act.flatten(2).var(2).topk(7, 1));
+  for (int64_t s = 0; s < 2; ++s) {
+    EXPECT_NEAR(fast.weights[s].sum().item<double>(), 1.0, 1e-6);
+    EXPECT_NEAR(fast.weights[s].index_select(0, top[s]).sum().item<double>(), 1.0, 1e-6);
+  }
+}

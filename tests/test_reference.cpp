@@ -207,3 +207,12 @@ TEST(ReferenceParity, CaptumOcclusionWithTheModelAsItIs) {
                                  salient::OcclusionOptions().window(8).stride(4));
   EXPECT_TRUE(close(fast.map, reference()["captum_occlusion"], 2e-5, 1e-3));
 }
+
+TEST(ReferenceParity, PytorchGradCamScoreCamWithTheModelAsItIs) {
+  auto a = salient::scorecam(smallcnn(), reference()["input"], reference_targets(),
+                             salient::ScoreCamOptions().layer("features.10").optimized(false));
+  EXPECT_TRUE(matches_reference(a.weights, "pgc_scorecam_weights"));
+  EXPECT_TRUE(matches_reference(a.raw.squeeze(1), "pgc_scorecam_raw"));
+  EXPECT_TRUE(matches_reference(salient::render::pytorch_grad_cam_scale(a.raw, 64, 64), "pgc_scorecam"));
+  EXPECT_EQ(a.forward_samples, 4 + 4 * 64);
+}

@@ -66,6 +66,34 @@ Attribution eigencam(const Model& model, const at::Tensor& x, const Target& targ
 Attribution eigengradcam(const Model& model, const at::Tensor& x, const Target& target = Target::predicted(),
                          const EigenGradCamOptions& options = {});
 
+// Score-CAM (Wang et al. 2020), as pytorch-grad-cam: each channel's map, upsampled to
+// the input (bilinear, align_corners = true) and min-max normalised (eps 1e-8), masks
+// the input; w = softmax over channels of the target's score on the masked inputs;
+// raw = sum_c w_c A_c. Forward-only: C forwards per sample, in memory-budgeted batches,
+// on the frozen inference graph unless optimized(false). Score-CAM cannot skip the
+// layers before its layer: its masks act on the input.
+struct ScoreCamOptions {
+  SALIENT_ARG(std::string, layer) = "";
+  SALIENT_ARG(Score, score) = Score::Logit;
+  SALIENT_ARG(int64_t, memory_budget) = int64_t(1) << 30;
+  SALIENT_ARG(bool, optimized) = true;
+};
+Attribution scorecam(const Model& model, const at::Tensor& x, const Target& target = Target::predicted(),
+                     const ScoreCamOptions& options = {});
+
+// Faster Score-CAM (tf-keras-vis's max_N): Score-CAM on the top_k channels of largest
+// activation variance, per sample; the other channels get weight 0. top_k < 1 is a
+// fraction of the channels (default 10%), >= 1 a count.
+struct FasterScoreCamOptions {
+  SALIENT_ARG(std::string, layer) = "";
+  SALIENT_ARG(Score, score) = Score::Logit;
+  SALIENT_ARG(double, top_k) = 0.1;
+  SALIENT_ARG(int64_t, memory_budget) = int64_t(1) << 30;
+  SALIENT_ARG(bool, optimized) = true;
+};
+Attribution faster_scorecam(const Model& model, const at::Tensor& x, const Target& target = Target::predicted(),
+                            const FasterScoreCamOptions& options = {});
+
 // Guided Grad-CAM (Selvaraju et al. 2017), as Captum's GuidedGradCam: guided backprop
 // times the Grad-CAM map after ReLU upsampled by nearest neighbour, broadcast over the
 // input channels. map: [N,C,H,W]; layer_map, raw and weights are Grad-CAM's. Cost: one

@@ -1,5 +1,6 @@
 #include "salient/cam.hpp"
 
+#include <cmath>
 #include <functional>
 
 #include "methods/common.hpp"
@@ -142,6 +143,62 @@ Attribution eigengradcam(const Model& model, const at::Tensor& x, const Target& 
   LayerPass p = layer_pass(model, x, target, options, true, "eigengradcam");
   at::NoGradGuard no_grad;
   return finish(p, principal_projection(p.grad * p.act), at::Tensor());
+}
+
+namespace {
+
+// Score-CAM on the channels `selected` [N, k] of each sample.
+Attribution score_weighted(const Model& model, LayerPass& p, const at::Tensor& xf, const Target& target,
+                           const at::Tensor& selected, Score score, int64_t budget, bool optimized) {
+  const int64_t n = xf.size(0), k = selected.size(1), c = p.act.size(1);
+  const int64_t h = p.act.size(2), w = p.act.size(3);
+  std::vector<int64_t> classes;
+  if (!target.is_function()) classes = detail::to_vector(p.result.targets);
+  auto make_rows = [&](int64_t r0, int64_t r1) {
+    at::Tensor r = at::arange(r0, r1, at::TensorOptions().dtype(at::kLong));
+    at::Tensor sample = r.div(k, "floor");
+    at::Tensor channel = selected.flatten().index_select(0, r);
+    at::Tensor maps = p.act.flatten(0, 1).index_select(0, sample * c + channel).view({-1, 1, h, w});
+    at::Tensor up = at::upsample_bilinear2d(maps, {p.height, p.width}, /*align_corners=*/true);
+    at::Tensor flat = up.flatten(1);
+    at::Tensor lo = std::get<0>(flat.min(1)).view({-1, 1, 1, 1}), hi = std::get<0>(flat.max(1)).view({-1, 1, 1, 1});
+    return xf.index_select(0, sample) * ((up - lo) / (hi - lo + 1e-8));
+  };
+  const int64_t rows = n * k;
+  at::Tensor scores = detail::batched_scores(
+      model, rows, std::min(rows, detail::forward_chunk_rows(model, xf, budget)), make_rows,
+      [&](int64_t r) { return r / k; }, classes, target, score, optimized);
+  at::Tensor weights = at::zeros({n, c});
+  weights.scatter_(1, selected, at::softmax(scores.view({n, k}), 1));
+  p.result.forward_samples += rows;
+  at::Tensor raw = (weights.unsqueeze(-1).unsqueeze(-1) * p.act).sum(1, /*keepdim=*/true);
+  return finish(p, raw, weights);
+}
+
+}  // namespace
+
+Attribution scorecam(const Model& model, const at::Tensor& x, const Target& target, const ScoreCamOptions& o) {
+  SALIENT_CHECK(o.memory_budget() > 0, "scorecam: memory_budget must be > 0");
+  at::Tensor xf = detail::checked_input(x, "scorecam");
+  LayerPass p = layer_pass(model, xf, target, CamOptions().layer(o.layer()).score(o.score()), false, "scorecam");
+  at::NoGradGuard no_grad;
+  at::Tensor all = at::arange(p.act.size(1), at::TensorOptions().dtype(at::kLong)).unsqueeze(0).expand({xf.size(0), -1});
+  return score_weighted(model, p, xf, target, all.contiguous(), o.score(), o.memory_budget(), o.optimized());
+}
+
+Attribution faster_scorecam(const Model& model, const at::Tensor& x, const Target& target,
+                            const FasterScoreCamOptions& o) {
+  SALIENT_CHECK(o.top_k() > 0, "faster_scorecam: top_k must be > 0, got ", o.top_k());
+  SALIENT_CHECK(o.memory_budget() > 0, "faster_scorecam: memory_budget must be > 0");
+  at::Tensor xf = detail::checked_input(x, "faster_scorecam");
+  LayerPass p =
+      layer_pass(model, xf, target, CamOptions().layer(o.layer()).score(o.score()), false, "faster_scorecam");
+  at::NoGradGuard no_grad;
+  const int64_t c = p.act.size(1);
+  int64_t k = o.top_k() < 1 ? static_cast<int64_t>(std::ceil(o.top_k() * c)) : static_cast<int64_t>(o.top_k());
+  k = std::max<int64_t>(1, std::min(k, c));
+  at::Tensor selected = std::get<1>(p.act.flatten(2).var(2).topk(k, 1));
+  return score_weighted(model, p, xf, target, selected.contiguous(), o.score(), o.memory_budget(), o.optimized());
 }
 
 Attribution guided_gradcam(const Model& model, const at::Tensor& x, const Target& target,
