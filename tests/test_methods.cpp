@@ -443,7 +443,7 @@ TEST(FasterScoreCam, AllChannelsIsScoreCamAndTopKKeepsTheMostVariedChannels) {
   EXPECT_TRUE(close(all.weights, full.weights, 1e-9, 1e-5));
   auto fast = salient::faster_scorecam(model, x, Target::per_sample({0, 1}),
                                        salient::FasterScoreCamOptions().layer("features.10").optimized(false));
-  EXPECT_EQ(fast.forward_samples, 2 * 7);  // ceil(10% of 64) channels per sample
+  EXPECT_EQ(fast.forward_samples, 2 + 2 * 7);  // the layer pass, then ceil(10% of 64) channels per sample
   at::Tensor act = model.forward(x, {"features.10"}).taps[0];
   at::Tensor top = std::get<1>(act.flatten(2).var(2).topk(7, 1));
   for (int64_t s = 0; s < 2; ++s) {
