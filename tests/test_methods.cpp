@@ -451,3 +451,34 @@ TEST(FasterScoreCam, AllChannelsIsScoreCamAndTopKKeepsTheMostVariedChannels) {
     EXPECT_NEAR(fast.weights[s].index_select(0, top[s]).sum().item<double>(), 1.0, 1e-6);
   }
 }
+
+TEST(ReciproCam, OnAOneConvModelTheLogitMapIsGradCamsMap) {
+  const int64_t c = 5;
+  at::Tensor cw = at::randn({c, 2, 3, 3}), cb = at::randn({c}), fw = at::randn({3, c});
+  auto model = Model::from_module(one_conv_model(cw, cb, fw), "one_conv");
+  at::Tensor x = at::randn({2, 2, 8, 10});
+  // Keeping one position (i, j): logit_t = sum_c V[t,c] A_c(i,j) / (h w), Grad-CAM's raw map.
+  auto r = salient::reciprocam(model, x, Target::per_sample({1, 2}),
+                               salient::ReciproCamOptions().layer("conv").score(salient::Score::Logit));
+  auto g = salient::gradcam(model, x, Target::per_sample({1, 2}), salient::GradCamOptions().layer("conv"));
+  EXPECT_TRUE(close(r.raw, g.raw, 1e-6, 1e-5));
+  EXPECT_EQ(r.map.sizes(), (std::vector<int64_t>{2, 1, 8, 10}));
+  // The default scores class probabilities: the softmax of those masked logits.
+  auto p = salient::reciprocam(model, x, Target::per_sample({1, 2}), salient::ReciproCamOptions().layer("conv"));
+  EXPECT_GE(p.raw.min().item<double>(), 0.0);
+  EXPECT_LE(p.raw.max().item<double>(), 1.0);
+  auto gauss = salient::reciprocam(model, x, Target::per_sample({1, 2}),
+                                   salient::ReciproCamOptions().layer("conv").gaussian(true).score(salient::Score::Logit));
+  EXPECT_FALSE(at::allclose(gauss.raw, r.raw));
+}
+
+TEST(AblationCam, BatchedEqualsPerSampleAndRejectsNon4DLayers) {
+  auto model = Model::load(data("models/resnet_tiny_scripted.pt"));
+  at::Tensor x = at::randn({3, 3, 16, 16});
+  auto all = salient::ablationcam(model, x, Target::per_sample({0, 1, 2}), salient::AblationCamOptions().layer("body.0"));
+  auto one = salient::ablationcam(model, x.narrow(0, 2, 1), Target::index(2), salient::AblationCamOptions().layer("body.0"));
+  EXPECT_TRUE(close(one.weights[0], all.weights[2], 1e-6, 1e-4));
+  EXPECT_NE(msg_of([&] { salient::ablationcam(model, x, Target::index(0), salient::AblationCamOptions().layer("fc")); })
+                .find("layer 'fc' outputs [3, 5]"),
+            std::string::npos);
+}

@@ -151,3 +151,28 @@ TEST(ModelForward, TrainingFlagIsRestoredAndEvalSemanticsUsed) {
   EXPECT_TRUE(at::allclose(out, eval_out, 1e-5, 1e-6));  // BN running stats, no dropout
   for (const auto& m : module.modules()) EXPECT_TRUE(m.is_training());
 }
+
+TEST(ModelSplit, RunningFromALayerReproducesTheOutputAndOnlyRunsWhatFollows) {
+  for (const char* file : {"models/resnet_tiny_traced.pt", "models/resnet_tiny_scripted.pt"}) {
+    auto model = Model::load(data(file));
+    at::Tensor x = at::randn({3, 3, 16, 16});
+    at::Tensor expected = model.predict(x);
+    for (const char* layer : {"stem", "body.0.conv2", "body.0.bn1", "body.1", "pool"}) {
+      SCOPED_TRACE(std::string(file) + " " + layer);
+      auto st = model.run_to_layer(x, layer);
+      EXPECT_TRUE(at::allclose(st.output, expected, 1e-5, 1e-6));
+      // The layers before are cut off: only tensors they made are carried over.
+      EXPECT_FALSE(st.input.defined());
+      at::Tensor rows = at::arange(3, at::TensorOptions().dtype(at::kLong));
+      EXPECT_TRUE(at::allclose(model.run_from_layer(st, st.activation, rows), expected, 1e-5, 1e-6));
+      // Modified activations, rows out of order and repeated: same as re-running all layers.
+      at::Tensor picks = at::tensor({2, 0, 2}, at::TensorOptions().dtype(at::kLong));
+      at::Tensor changed = st.activation.index_select(0, picks) * 0.5 + 0.1;
+      auto full = st;
+      full.extras.clear();
+      full.input = x;
+      EXPECT_TRUE(at::allclose(model.run_from_layer(st, changed, picks), model.run_from_layer(full, changed, picks),
+                               1e-5, 1e-6));
+    }
+  }
+}

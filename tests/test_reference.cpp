@@ -216,3 +216,11 @@ TEST(ReferenceParity, PytorchGradCamScoreCamWithTheModelAsItIs) {
   EXPECT_TRUE(matches_reference(salient::render::pytorch_grad_cam_scale(a.raw, 64, 64), "pgc_scorecam"));
   EXPECT_EQ(a.forward_samples, 4 + 4 * 64);
 }
+
+TEST(ReferenceParity, PytorchGradCamAblationCamRunningOnlyTheLayersAfter) {
+  auto a = salient::ablationcam(smallcnn(), reference()["input"], reference_targets(),
+                                salient::AblationCamOptions().layer("features.10"));
+  EXPECT_TRUE(matches_reference(a.weights, "pgc_ablationcam_weights"));
+  EXPECT_TRUE(matches_reference(a.raw.squeeze(1), "pgc_ablationcam_raw"));
+  EXPECT_TRUE(matches_reference(salient::render::pytorch_grad_cam_scale(a.raw, 64, 64), "pgc_ablationcam"));
+}

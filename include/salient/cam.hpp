@@ -94,6 +94,33 @@ struct FasterScoreCamOptions {
 Attribution faster_scorecam(const Model& model, const at::Tensor& x, const Target& target = Target::predicted(),
                             const FasterScoreCamOptions& options = {});
 
+// Ablation-CAM (Desai & Ramaswamy 2020), as pytorch-grad-cam: channel c of the layer's
+// output is set to 0 (or to min(A) - 1e7 when the activations are not >= 0 with minimum 0)
+// and the rest of the network re-run; w_c = (s - s_c) / s with s the score (pytorch-grad-
+// cam divides by the raw logit, so w flips sign where s < 0); raw = sum_c w_c A_c.
+// Forward-only: one forward to the layer, then C runs of only the layers after it.
+struct AblationCamOptions {
+  SALIENT_ARG(std::string, layer) = "";
+  SALIENT_ARG(Score, score) = Score::Logit;
+  SALIENT_ARG(int64_t, memory_budget) = int64_t(1) << 30;
+};
+Attribution ablationcam(const Model& model, const at::Tensor& x, const Target& target = Target::predicted(),
+                        const AblationCamOptions& options = {});
+
+// ReciproCAM (Byun & Lee 2022), as OpenVINO XAI: for every position (i, j) of the layer's
+// h x w output, the rest of the network runs on the activations with all other positions
+// zeroed (or, with `gaussian`, weighted by a 3x3 Gaussian around (i, j)); raw[i, j] is
+// the target's score (the class probability by default, as the paper). Gradient-free:
+// one forward to the layer, then h*w runs of only the layers after it.
+struct ReciproCamOptions {
+  SALIENT_ARG(std::string, layer) = "";
+  SALIENT_ARG(Score, score) = Score::Probability;
+  SALIENT_ARG(bool, gaussian) = false;
+  SALIENT_ARG(int64_t, memory_budget) = int64_t(1) << 30;
+};
+Attribution reciprocam(const Model& model, const at::Tensor& x, const Target& target = Target::predicted(),
+                       const ReciproCamOptions& options = {});
+
 // Guided Grad-CAM (Selvaraju et al. 2017), as Captum's GuidedGradCam: guided backprop
 // times the Grad-CAM map after ReLU upsampled by nearest neighbour, broadcast over the
 // input channels. map: [N,C,H,W]; layer_map, raw and weights are Grad-CAM's. Cost: one

@@ -58,6 +58,16 @@ struct ForwardResult {
   std::vector<at::Tensor> relus;  // with ReluGradient::Guided / Deconvnet: every ReLU output
 };
 
+// A forward stopped at a layer, to re-run the network from there on modified
+// activations (Ablation-CAM, ReciproCAM).
+struct LayerState {
+  std::string layer;
+  at::Tensor activation;           // [N, ...] the layer's output
+  at::Tensor output;               // [N, classes] the model's output
+  std::vector<at::Tensor> extras;  // what the rest reads from before the layer (skip connections)
+  at::Tensor input;                // set when the layers before the layer must run again
+};
+
 class Model {
  public:
   // Loads a TorchScript file (torch.jit.trace or torch.jit.script output).
@@ -73,6 +83,13 @@ class Model {
   // optimize_for_inference: BatchNorm folded into convolutions, oneDNN layouts), built
   // on first use; for forward-only methods. Numerically close to predict(), not equal.
   at::Tensor infer(const at::Tensor& x) const;
+
+  // One forward without autograd that keeps what run_from_layer needs.
+  LayerState run_to_layer(const at::Tensor& x, const std::string& layer) const;
+  // The model's output [R, classes] for activation rows [R, ...], row r standing for
+  // sample examples[r] of the state's batch. Only the layers after `layer` run, unless the
+  // rest of the network reads a non-tensor value computed before it (then all run).
+  at::Tensor run_from_layer(const LayerState& state, const at::Tensor& activations, const at::Tensor& examples) const;
 
   // All modules in definition order, with the output shape for a zero input of
   // shape [1, input_shape...] (input_shape is [C, H, W]).

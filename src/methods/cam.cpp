@@ -165,9 +165,7 @@ Attribution score_weighted(const Model& model, LayerPass& p, const at::Tensor& x
     return xf.index_select(0, sample) * ((up - lo) / (hi - lo + 1e-8));
   };
   const int64_t rows = n * k;
-  at::Tensor scores = detail::batched_scores(
-      model, rows, std::min(rows, detail::forward_chunk_rows(model, xf, budget)), make_rows,
-      [&](int64_t r) { return r / k; }, classes, target, score, optimized);
+  at::Tensor scores = detail::batched_scores(rows, std::min(rows, detail::forward_chunk_rows(model, xf, budget)), detail::input_rows(model, make_rows, optimized), [&](int64_t r) { return r / k; }, classes, target, score);
   at::Tensor weights = at::zeros({n, c});
   weights.scatter_(1, selected, at::softmax(scores.view({n, k}), 1));
   p.result.forward_samples += rows;
@@ -199,6 +197,107 @@ Attribution faster_scorecam(const Model& model, const at::Tensor& x, const Targe
   k = std::max<int64_t>(1, std::min(k, c));
   at::Tensor selected = std::get<1>(p.act.flatten(2).var(2).topk(k, 1));
   return score_weighted(model, p, xf, target, selected.contiguous(), o.score(), o.memory_budget(), o.optimized());
+}
+
+namespace {
+
+// The layer's output and the state to re-run the network from it (forward-only CAMs).
+struct Split {
+  salient::LayerState state;
+  LayerPass pass;
+  at::Tensor xf;
+};
+
+Split split_at(const Model& model, const at::Tensor& x, const Target& target, const std::string& requested,
+               const char* method) {
+  Split s;
+  s.xf = detail::checked_input(x, method);
+  std::string layer = requested.empty() ? model.default_cam_layer(detail::sample_shape(s.xf)) : requested;
+  model.check_layer(layer);
+  s.state = model.run_to_layer(s.xf, layer);
+  SALIENT_CHECK(s.state.activation.dim() == 4, method, ": layer '", layer, "' outputs ",
+                detail::shape_str(s.state.activation.sizes()),
+                "; CAM methods need a 4-D [N, C, h, w] output (pick a convolutional layer)");
+  s.pass.act = s.state.activation;
+  s.pass.height = s.xf.size(2);
+  s.pass.width = s.xf.size(3);
+  s.pass.result.layer = layer;
+  s.pass.result.output = s.state.output;
+  s.pass.result.targets = target.resolve(s.state.output);
+  s.pass.result.forward_samples = s.xf.size(0);
+  return s;
+}
+
+// Scores of the network's rest on activation rows make_rows(r0, r1), row r of sample
+// sample_of(r).
+at::Tensor suffix_scores(const Model& model, Split& s, const Target& target, Score score, int64_t rows,
+                         int64_t per_sample, int64_t budget, const std::function<at::Tensor(int64_t, int64_t)>& make_rows) {
+  std::vector<int64_t> classes;
+  if (!target.is_function()) classes = detail::to_vector(s.pass.result.targets);
+  auto outputs_of = [&](int64_t r0, int64_t r1) {
+    at::Tensor examples = at::arange(r0, r1, at::TensorOptions().dtype(at::kLong)).div(per_sample, "floor");
+    return model.run_from_layer(s.state, make_rows(r0, r1), examples);
+  };
+  at::Tensor scores = detail::batched_scores(
+      rows, std::min(rows, detail::forward_chunk_rows(model, s.xf, budget)), outputs_of,
+      [&](int64_t r) { return r / per_sample; }, classes, target, score);
+  s.pass.result.forward_samples += rows;  // partial forwards: the layers after the split
+  return scores;
+}
+
+}  // namespace
+
+Attribution ablationcam(const Model& model, const at::Tensor& x, const Target& target, const AblationCamOptions& o) {
+  SALIENT_CHECK(o.memory_budget() > 0, "ablationcam: memory_budget must be > 0");
+  Split s = split_at(model, x, target, o.layer(), "ablationcam");
+  at::NoGradGuard no_grad;
+  const at::Tensor& act = s.pass.act;
+  const int64_t n = act.size(0), c = act.size(1);
+  // pytorch-grad-cam's ablation value: 0 when the activations bottom out at 0 (after a
+  // ReLU), else far below anything they hold.
+  at::Tensor lows = std::get<0>(act.flatten(1).min(1));
+  at::Tensor values = at::where(lows == 0, at::zeros_like(lows), lows - 1e7);
+  auto make_rows = [&](int64_t r0, int64_t r1) {
+    at::Tensor r = at::arange(r0, r1, at::TensorOptions().dtype(at::kLong));
+    at::Tensor sample = r.div(c, "floor"), channel = r.remainder(c);
+    at::Tensor rows = act.index_select(0, sample).clone();
+    for (int64_t i = 0; i < r1 - r0; ++i) rows[i][channel[i].item<int64_t>()].fill_(values[sample[i]].item<double>());
+    return rows;
+  };
+  at::Tensor ablated = suffix_scores(model, s, target, o.score(), n * c, c, o.memory_budget(), make_rows).view({n, c});
+  at::Tensor original = target.scores(s.state.output, s.pass.result.targets, o.score()).to(at::kFloat).view({n, 1});
+  at::Tensor weights = (original - ablated) / original;
+  at::Tensor raw = (weights.unsqueeze(-1).unsqueeze(-1) * act).sum(1, /*keepdim=*/true);
+  return finish(s.pass, raw, weights);
+}
+
+Attribution reciprocam(const Model& model, const at::Tensor& x, const Target& target, const ReciproCamOptions& o) {
+  SALIENT_CHECK(o.memory_budget() > 0, "reciprocam: memory_budget must be > 0");
+  Split s = split_at(model, x, target, o.layer(), "reciprocam");
+  at::NoGradGuard no_grad;
+  const at::Tensor& act = s.pass.act;
+  const int64_t n = act.size(0), h = act.size(2), w = act.size(3), hw = h * w;
+  // One spatial mask per position: a one-hot, or a 3x3 Gaussian clipped at the border.
+  at::Tensor masks = at::zeros({hw, 1, h, w});
+  const double kernel[3][3] = {{1 / 16.0, 1 / 8.0, 1 / 16.0}, {1 / 8.0, 1 / 4.0, 1 / 8.0}, {1 / 16.0, 1 / 8.0, 1 / 16.0}};
+  auto mk = masks.accessor<float, 4>();
+  for (int64_t i = 0; i < h; ++i)
+    for (int64_t j = 0; j < w; ++j) {
+      if (!o.gaussian()) {
+        mk[i * w + j][0][i][j] = 1.0f;
+        continue;
+      }
+      for (int di = -1; di <= 1; ++di)
+        for (int dj = -1; dj <= 1; ++dj)
+          if (i + di >= 0 && i + di < h && j + dj >= 0 && j + dj < w)
+            mk[i * w + j][0][i + di][j + dj] = static_cast<float>(kernel[di + 1][dj + 1]);
+    }
+  auto make_rows = [&](int64_t r0, int64_t r1) {
+    at::Tensor r = at::arange(r0, r1, at::TensorOptions().dtype(at::kLong));
+    return act.index_select(0, r.div(hw, "floor")) * masks.index_select(0, r.remainder(hw));
+  };
+  at::Tensor scores = suffix_scores(model, s, target, o.score(), n * hw, hw, o.memory_budget(), make_rows);
+  return finish(s.pass, scores.view({n, 1, h, w}), at::Tensor());
 }
 
 Attribution guided_gradcam(const Model& model, const at::Tensor& x, const Target& target,

@@ -49,16 +49,14 @@ std::vector<int64_t> sample_classes(const Model& model, const at::Tensor& x, con
   return to_vector(target.resolve(a->output));
 }
 
-at::Tensor batched_scores(const Model& model, int64_t rows, int64_t chunk,
-                          const std::function<at::Tensor(int64_t, int64_t)>& make_rows,
+at::Tensor batched_scores(int64_t rows, int64_t chunk, const std::function<at::Tensor(int64_t, int64_t)>& outputs_of,
                           const std::function<int64_t(int64_t)>& sample_of, const std::vector<int64_t>& classes,
-                          const Target& target, Score score, bool optimized) {
+                          const Target& target, Score score) {
   std::vector<at::Tensor> scores;
   at::NoGradGuard no_grad;
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
     const int64_t r1 = std::min(rows, r0 + chunk);
-    at::Tensor batch = make_rows(r0, r1);
-    at::Tensor out = optimized ? model.infer(batch) : model.predict(batch);
+    at::Tensor out = outputs_of(r0, r1);
     if (classes.empty()) {
       scores.push_back(target.scores(out, at::Tensor(), score).to(at::kFloat));
       continue;
@@ -69,6 +67,15 @@ at::Tensor batched_scores(const Model& model, int64_t rows, int64_t chunk,
     scores.push_back(rows_target.scores(out, rows_target.resolve(out), score).to(at::kFloat));
   }
   return at::cat(scores);
+}
+
+std::function<at::Tensor(int64_t, int64_t)> input_rows(const Model& model,
+                                                       std::function<at::Tensor(int64_t, int64_t)> make_rows,
+                                                       bool optimized) {
+  return [&model, make_rows, optimized](int64_t r0, int64_t r1) {
+    at::Tensor batch = make_rows(r0, r1);
+    return optimized ? model.infer(batch) : model.predict(batch);
+  };
 }
 
 int64_t forward_chunk_rows(const Model& model, const at::Tensor& x, int64_t budget) {

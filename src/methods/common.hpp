@@ -33,13 +33,18 @@ std::vector<int64_t> to_vector(const at::Tensor& t);  // int64 values
 std::vector<int64_t> sample_classes(const Model& model, const at::Tensor& x, const Target& target, bool optimized,
                                     Attribution* a);
 
-// Scores of many perturbed rows, forward-only, in chunks: rows [r0, r1) come from
-// make_rows(r0, r1); row r belongs to sample sample_of(r) and is scored for that
-// sample's class (range-checked against the output), or by the target's function.
-at::Tensor batched_scores(const Model& model, int64_t rows, int64_t chunk,
-                          const std::function<at::Tensor(int64_t, int64_t)>& make_rows,
+// Scores of many perturbed rows, forward-only, in chunks: outputs_of(r0, r1) gives the
+// model output for rows [r0, r1); row r belongs to sample sample_of(r) and is scored for
+// that sample's class (range-checked against the output), or by the target's function.
+at::Tensor batched_scores(int64_t rows, int64_t chunk, const std::function<at::Tensor(int64_t, int64_t)>& outputs_of,
                           const std::function<int64_t(int64_t)>& sample_of, const std::vector<int64_t>& classes,
-                          const Target& target, Score score, bool optimized);
+                          const Target& target, Score score);
+
+// outputs_of for perturbed inputs: make_rows(r0, r1) run through the model (or its
+// frozen inference copy).
+std::function<at::Tensor(int64_t, int64_t)> input_rows(const Model& model,
+                                                       std::function<at::Tensor(int64_t, int64_t)> make_rows,
+                                                       bool optimized);
 
 // Rows per forward-only chunk under `budget` bytes for samples like x's.
 int64_t forward_chunk_rows(const Model& model, const at::Tensor& x, int64_t budget);

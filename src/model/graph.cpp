@@ -243,6 +243,105 @@ std::shared_ptr<Graph> TapGraph::with_taps(const std::vector<ValueRef>& requeste
   return g;
 }
 
+namespace {
+
+// Top-level nodes that read `source` directly or through other top-level nodes.
+std::unordered_set<Node*> dependents(Graph& g, Value* source) {
+  std::unordered_set<Node*> dep;
+  std::unordered_set<Value*> tainted{source};
+  for (Node* n : g.nodes()) {
+    std::vector<Value*> in;
+    collect_inputs(n, &in);
+    for (Value* v : in)
+      if (tainted.count(v)) {
+        dep.insert(n);
+        for (Value* o : n->outputs()) tainted.insert(o);
+        break;
+      }
+  }
+  return dep;
+}
+
+Node* top_level(Node* n) {
+  while (n->owningBlock()->owningNode()) n = n->owningBlock()->owningNode();
+  return n;
+}
+
+}  // namespace
+
+TapGraph::Suffix TapGraph::suffix(const ValueRef& layer, bool allow_cut) const {
+  Suffix out;
+  auto g = inlined_->copy();
+  auto locate = [&] {
+    std::map<size_t, Node*> by_tag;
+    tagged_nodes(*g, &by_tag);
+    return by_tag.at(layer.node)->outputs().at(layer.output);
+  };
+  // In-place ops that write to the activation become functional: the rest must read the
+  // activation we hand it, not a tensor an in-place op left behind.
+  if (inlined_ != graph_) {
+    torch::jit::ValueSet tapped{locate()};
+    std::unordered_set<Node*> writers;
+    {
+      torch::jit::AliasDb db(g);
+      std::vector<Node*> all;
+      collect_nodes(g->block(), &all);
+      for (Node* n : all)
+        if (db.writesToAlias(n, tapped)) writers.insert(n);
+    }
+    if (!writers.empty()) torch::jit::RemoveTensorMutation(g, [&](Node* n) { return writers.count(n) > 0; });
+  }
+  Value* act = locate();
+  Value* act_in = g->addInput("salient_activation");
+  act_in->setType(act->type());
+  act->replaceAllUsesWith(act_in);
+
+  // Keep what depends on the activation, and what depends on neither it nor the input
+  // (constants, attributes); drop the rest, feeding its values the rest reads as inputs.
+  Value* x = g->inputs().at(1);
+  auto after = dependents(*g, act_in), before = dependents(*g, x);
+  std::vector<Node*> dropped;
+  for (Node* n : g->nodes())
+    if (before.count(n) && !after.count(n)) dropped.push_back(n);
+  std::map<Node*, size_t> tag_of;
+  {
+    std::map<size_t, Node*> by_tag;
+    tagged_nodes(*g, &by_tag);
+    for (const auto& kv : by_tag) tag_of[kv.second] = kv.first;
+  }
+  std::vector<std::pair<Value*, ValueRef>> frontier;
+  bool cuttable = allow_cut;
+  for (const auto& use : x->uses())  // the rest reads the model's input itself
+    if (use.user->kind() == c10::prim::Return || after.count(top_level(use.user))) cuttable = false;
+  for (Node* n : dropped)
+    for (size_t o = 0; o < n->outputs().size(); ++o) {
+      Value* v = n->outputs()[o];
+      bool read_after = false;
+      for (const auto& use : v->uses())
+        if (use.user->kind() == c10::prim::Return || !before.count(top_level(use.user)) ||
+            after.count(top_level(use.user)))
+          read_after = true;
+      if (!read_after) continue;
+      if (!is_tensor(v) || !tag_of.count(n)) cuttable = false;
+      else frontier.emplace_back(v, ValueRef{tag_of.at(n), o});
+    }
+  if (cuttable) {
+    for (auto& f : frontier) {
+      Value* in = g->addInput("salient_extra");
+      in->setType(f.first->type());
+      f.first->replaceAllUsesWith(in);
+      out.extras.push_back(f.second);
+    }
+    for (auto it = dropped.rbegin(); it != dropped.rend(); ++it) (*it)->destroy();
+    g->eraseInput(1);
+    out.cut = true;
+  }
+  torch::jit::ConstantPropagation(g);
+  torch::jit::ConstantPooling(g);
+  out.graph = g;
+  return out;
+}
+
 std::shared_ptr<Graph> TapGraph::with_all_values() const {
   auto g = graph_->copy();
   for (Node* n : top_nodes(*g)) {

@@ -45,6 +45,18 @@ class TapGraph {
   // *n_relus receives their number.
   std::shared_ptr<torch::jit::Graph> with_taps(const std::vector<ValueRef>& taps, bool leaves, int relus = 0,
                                                size_t* n_relus = nullptr) const;
+  // The network from a tapped value onwards, for re-running it on modified activations.
+  // Inputs: self, the activation, then `extras` (values computed before the layer that
+  // the rest reads, e.g. a skip connection), when `cut`; otherwise self, the model's
+  // input and the activation (the layers before run again; used when some value the rest
+  // reads from before the layer is not a tensor).
+  struct Suffix {
+    std::shared_ptr<torch::jit::Graph> graph;
+    std::vector<ValueRef> extras;
+    bool cut = false;
+  };
+  Suffix suffix(const ValueRef& layer, bool allow_cut = true) const;
+
   // A copy that also returns every tensor a top-level node produces (memory probe).
   std::shared_ptr<torch::jit::Graph> with_all_values() const;
 

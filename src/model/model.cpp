@@ -21,6 +21,8 @@ struct Compiled {
   std::shared_ptr<torch::jit::Graph> graph;
   std::unique_ptr<torch::jit::Code> code;
   size_t n_relus = 0;
+  std::vector<model::ValueRef> extras;  // suffix graphs: values read from before the layer
+  bool cut = false;                     // suffix graphs: the layers before do not run
 };
 
 std::string shape_str(at::IntArrayRef s) {
@@ -106,13 +108,20 @@ struct Model::Impl {
     std::string key = mode == Autograd::FromTaps ? "L" : "F";
     key += std::to_string(static_cast<int>(relu)) + "|";
     for (const auto& t : taps) key += t + "|";
+    std::vector<model::ValueRef> refs;
+    for (const auto& t : taps) refs.push_back(graph->module_outputs().at(t).ref);
+    return cached(key, [&](Compiled* c) {
+      c->graph = graph->with_taps(refs, mode == Autograd::FromTaps, static_cast<int>(relu), &c->n_relus);
+    });
+  }
+
+  // The compiled graph under `key`, built by `build` on first use.
+  std::shared_ptr<Compiled> cached(const std::string& key, const std::function<void(Compiled*)>& build) const {
     std::lock_guard<std::mutex> lock(mu);
     auto it = compiled.find(key);
     if (it != compiled.end()) return it->second;
-    std::vector<model::ValueRef> refs;
-    for (const auto& t : taps) refs.push_back(graph->module_outputs().at(t).ref);
     auto c = std::make_shared<Compiled>();
-    c->graph = graph->with_taps(refs, mode == Autograd::FromTaps, static_cast<int>(relu), &c->n_relus);
+    build(c.get());
     c->code = std::make_unique<torch::jit::Code>(c->graph, "salient_forward");
     compiled[key] = c;
     return c;
@@ -253,6 +262,68 @@ at::Tensor Model::infer(const at::Tensor& x) const {
   if (out.isTuple() && !out.toTupleRef().elements().empty()) out = out.toTupleRef().elements()[0];
   if (out.isList() && !out.toListRef().empty()) out = out.toListRef()[0];
   SALIENT_CHECK(out.isTensor(), "model '", impl_->name, "' returned ", out.tagKind(), ", expected a [N, classes] tensor");
+  return out.toTensor();
+}
+
+LayerState Model::run_to_layer(const at::Tensor& x, const std::string& layer) const {
+  SALIENT_CHECK(x.defined(), "model '", impl_->name, "': input tensor is undefined");
+  check_layer(layer);
+  const model::ValueRef ref = impl_->graph->module_outputs().at(layer).ref;
+  auto suffix = impl_->cached("S|" + layer, [&](Compiled* c) {
+    auto s = impl_->graph->suffix(ref);
+    c->graph = s.graph, c->extras = s.extras, c->cut = s.cut;
+  });
+  std::vector<model::ValueRef> refs{ref};
+  refs.insert(refs.end(), suffix->extras.begin(), suffix->extras.end());
+  auto prefix = impl_->cached("P|" + layer, [&](Compiled* c) { c->graph = impl_->graph->with_taps(refs, false); });
+  std::vector<c10::IValue> stack;
+  {
+    at::NoGradGuard no_grad;
+    stack = impl_->run(*prefix->code, x);
+  }
+  LayerState st;
+  st.layer = layer;
+  st.output = stack.at(0).toTensor();
+  st.activation = stack.at(1).toTensor();
+  bool batch_major = true;
+  for (size_t i = 0; i < suffix->extras.size(); ++i) {
+    at::Tensor e = stack.at(2 + i).toTensor();
+    batch_major = batch_major && e.dim() > 0 && e.size(0) == x.size(0);
+    st.extras.push_back(e);
+  }
+  // Extras that are not per-sample cannot be split by row: run the whole network then.
+  if (!suffix->cut || !batch_major) {
+    st.extras.clear();
+    st.input = x;
+  }
+  return st;
+}
+
+at::Tensor Model::run_from_layer(const LayerState& st, const at::Tensor& activations, const at::Tensor& examples) const {
+  const model::ValueRef ref = impl_->graph->module_outputs().at(st.layer).ref;
+  const bool full = st.input.defined();
+  auto code = full ? impl_->cached("R|" + st.layer, [&](Compiled* c) { c->graph = impl_->graph->suffix(ref, false).graph; })
+                   : impl_->cached("S|" + st.layer, [&](Compiled* c) {
+                       auto s = impl_->graph->suffix(ref);
+                       c->graph = s.graph, c->extras = s.extras, c->cut = s.cut;
+                     });
+  at::Tensor idx = examples.to(at::kLong);
+  torch::jit::Stack stack{impl_->module._ivalue()};
+  if (full) stack.push_back(st.input.index_select(0, idx));
+  stack.push_back(activations);
+  for (const auto& e : st.extras) stack.push_back(e.index_select(0, idx));
+  at::NoGradGuard no_grad;
+  EvalGuard eval(impl_->module);
+  try {
+    torch::jit::InterpreterState(*code->code).run(stack);
+  } catch (const std::exception& e) {
+    SALIENT_FAIL("model '", impl_->name, "' failed after layer '", st.layer, "' on activations of shape ",
+                 shape_str(activations.sizes()), ": ", brief(e));
+  }
+  c10::IValue out = stack.at(0);
+  if (out.isTuple() && !out.toTupleRef().elements().empty()) out = out.toTupleRef().elements()[0];
+  if (out.isList() && !out.toListRef().empty()) out = out.toListRef()[0];
+  SALIENT_CHECK(out.isTensor(), "model '", impl_->name, "' returned ", out.tagKind(), ", expected a tensor");
   return out.toTensor();
 }
 
