@@ -224,3 +224,19 @@ TEST(ReferenceParity, PytorchGradCamAblationCamRunningOnlyTheLayersAfter) {
   EXPECT_TRUE(matches_reference(a.raw.squeeze(1), "pgc_ablationcam_raw"));
   EXPECT_TRUE(matches_reference(salient::render::pytorch_grad_cam_scale(a.raw, 64, 64), "pgc_ablationcam"));
 }
+
+TEST(ReferenceParity, PytorchGradCamFullGradWithEffectiveBatchNormBias) {
+  std::vector<std::string> paths;
+  for (const auto& l : smallcnn().bias_layers()) paths.push_back(l.path);
+  EXPECT_EQ(paths, (std::vector<std::string>{"features.0", "features.1", "features.4", "features.5", "features.8",
+                                             "features.9"}));
+  auto a = salient::fullgrad(smallcnn(), reference()["input"], reference_targets());
+  ASSERT_EQ(a.map.sizes(), (std::vector<int64_t>{4, 1, 64, 64}));
+  EXPECT_EQ(a.forward_samples, 4);
+  EXPECT_EQ(a.backward_samples, 4);
+  // pytorch-grad-cam's last step: per-image min-max with eps 1e-7, no resize.
+  at::Tensor flat = a.map.flatten(1);
+  flat = flat - flat.amin(1, true);
+  at::Tensor scaled = (flat / (flat.amax(1, true) + 1e-7)).view({4, 64, 64});
+  EXPECT_TRUE(matches_reference(scaled, "pgc_fullgrad"));
+}

@@ -121,6 +121,19 @@ struct ReciproCamOptions {
 Attribution reciprocam(const Model& model, const at::Tensor& x, const Target& target = Target::predicted(),
                        const ReciproCamOptions& options = {});
 
+// FullGrad (Srinivas & Fleuret 2019), as pytorch-grad-cam: the input term |x * dS/dx|
+// plus, for every bias layer (Model::bias_layers: Conv2d with a bias, BatchNorm2d), the
+// term |b_c * dS/dOut_c|; each term is min-max normalised per sample and channel (eps
+// 1e-7), upsampled bilinearly (align_corners = false) and summed over channels and terms.
+// map: [N,1,H,W], non-negative; pytorch-grad-cam's output is its per-image min-max
+// (render::pytorch_grad_cam_scale). No layer option: every bias layer takes part.
+// Cost: one forward and one backward to the input.
+struct FullGradOptions {
+  SALIENT_ARG(Score, score) = Score::Logit;
+};
+Attribution fullgrad(const Model& model, const at::Tensor& x, const Target& target = Target::predicted(),
+                     const FullGradOptions& options = {});
+
 // Guided Grad-CAM (Selvaraju et al. 2017), as Captum's GuidedGradCam: guided backprop
 // times the Grad-CAM map after ReLU upsampled by nearest neighbour, broadcast over the
 // input channels. map: [N,C,H,W]; layer_map, raw and weights are Grad-CAM's. Cost: one

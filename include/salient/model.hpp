@@ -58,6 +58,13 @@ struct ForwardResult {
   std::vector<at::Tensor> relus;  // with ReluGradient::Guided / Deconvnet: every ReLU output
 };
 
+// A module that adds a per-channel bias to its output (FullGrad's bias terms).
+struct BiasLayer {
+  std::string path;  // "features.1"
+  std::string kind;  // "Conv2d" or "BatchNorm2d"
+  at::Tensor bias;   // [C]
+};
+
 // A forward stopped at a layer, to re-run the network from there on modified
 // activations (Ablation-CAM, ReciproCAM).
 struct LayerState {
@@ -101,6 +108,11 @@ class Model {
   std::string default_cam_layer(const std::vector<int64_t>& input_shape) const;
   // Checks that `path` names a tappable module; the error lists the closest names.
   void check_layer(const std::string& path) const;
+
+  // Conv2d modules with a bias and BatchNorm2d modules, tappable, in definition order,
+  // with the bias each adds to its output; for BatchNorm in eval mode that is
+  // bias - running_mean * weight / sqrt(running_var + eps).
+  std::vector<BiasLayer> bias_layers() const;
 
   // Input channels of the first convolution or linear layer, or -1 when unknown.
   int64_t input_channels() const;

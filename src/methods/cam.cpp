@@ -3,41 +3,35 @@
 #include <cmath>
 #include <functional>
 
-#include "methods/common.hpp"
+#include "methods/gradient_pass.hpp"
 #include "salient/gradient.hpp"
 
 namespace salient {
 
 namespace {
 
-// Activations and (optionally) gradients at a layer: the part every CAM variant shares.
+// A layer's activations, for the forward-only CAMs (the gradient ones use
+// detail::gradient_pass).
 struct LayerPass {
-  at::Tensor act;   // [N,C,h,w], detached
-  at::Tensor grad;  // [N,C,h,w] d score / d act, or undefined
+  at::Tensor act;  // [N,C,h,w], detached
   Attribution result;
   int64_t height = 0, width = 0;
 };
 
-LayerPass layer_pass(const Model& model, const at::Tensor& x, const Target& target, const CamOptions& options,
-                     bool need_grad, const char* method) {
+LayerPass layer_pass(const Model& model, const at::Tensor& x, const Target& target, const std::string& requested,
+                     const char* method) {
   at::Tensor xf = detail::checked_input(x, method);
   LayerPass p;
   p.height = xf.size(2);
   p.width = xf.size(3);
-  std::string layer = options.layer().empty() ? model.default_cam_layer(detail::sample_shape(xf)) : options.layer();
-  auto fr = model.forward(xf, {layer}, need_grad ? Autograd::FromTaps : Autograd::Off);
+  std::string layer = requested.empty() ? model.default_cam_layer(detail::sample_shape(xf)) : requested;
+  auto fr = model.forward(xf, {layer}, Autograd::Off);
   const at::Tensor& act = fr.taps[0];
   SALIENT_CHECK(act.dim() == 4, method, ": layer '", layer, "' outputs ", detail::shape_str(act.sizes()),
                 "; CAM methods need a 4-D [N, C, h, w] output (pick a convolutional layer)");
   p.result.layer = layer;
   p.result.targets = target.resolve(fr.output);
   p.result.forward_samples = xf.size(0);
-  if (need_grad) {
-    at::Tensor s = target.scores(fr.output, p.result.targets, options.score());
-    p.grad = torch::autograd::grad({s.sum()}, {act})[0];
-    detail::check_finite(p.grad, method, ("the gradient at layer '" + layer + "'").c_str());
-    p.result.backward_samples = xf.size(0);
-  }
   p.act = act.detach();
   p.result.output = fr.output.detach();
   return p;
@@ -53,96 +47,44 @@ Attribution finish(LayerPass& p, const at::Tensor& raw, const at::Tensor& weight
   return a;
 }
 
-// A variant whose raw map is sum_c w_c A_c with channel weights from A and G.
-using ChannelWeights = std::function<at::Tensor(const at::Tensor& act, const at::Tensor& grad)>;
-
-Attribution weighted_cam(const Model& model, const at::Tensor& x, const Target& target, const CamOptions& options,
-                         const char* method, const ChannelWeights& weigh) {
-  LayerPass p = layer_pass(model, x, target, options, true, method);
-  at::NoGradGuard no_grad;
-  at::Tensor w = weigh(p.act, p.grad);  // [N, C]
-  at::Tensor raw = (w.unsqueeze(-1).unsqueeze(-1) * p.act).sum(1, /*keepdim=*/true);
-  return finish(p, raw, w);
-}
-
-// A variant whose raw map is a per-position sum over channels of f(A, G).
-using SpatialMap = std::function<at::Tensor(const at::Tensor& act, const at::Tensor& grad)>;
-
-Attribution spatial_cam(const Model& model, const at::Tensor& x, const Target& target, const CamOptions& options,
-                        const char* method, const SpatialMap& f) {
-  LayerPass p = layer_pass(model, x, target, options, true, method);
-  at::NoGradGuard no_grad;
-  return finish(p, f(p.act, p.grad).sum(1, /*keepdim=*/true), at::Tensor());
-}
-
-// First principal component of the positions: [N,C,h,w] -> [N,1,h,w], signed so that the
-// map correlates positively with the channel mean of `m`.
-at::Tensor principal_projection(const at::Tensor& m) {
-  const int64_t n = m.size(0), c = m.size(1), h = m.size(2), w = m.size(3);
-  std::vector<at::Tensor> maps;
-  for (int64_t i = 0; i < n; ++i) {
-    at::Tensor rows = m[i].reshape({c, h * w}).t();  // [hw, C]
-    rows = rows - rows.mean(0, /*keepdim=*/true);
-    at::Tensor vh = std::get<2>(at::linalg_svd(rows, /*full_matrices=*/false));
-    at::Tensor proj = at::matmul(rows, vh[0]);  // [hw]
-    at::Tensor mean_map = m[i].mean(0).reshape({h * w});
-    if ((proj * (mean_map - mean_map.mean())).sum().item<double>() < 0) proj = -proj;
-    maps.push_back(proj.reshape({1, h, w}));
-  }
-  return at::stack(maps);
+Attribution gradient_cam(const Model& model, const at::Tensor& x, const Target& target, const CamOptions& options,
+                         const char* method) {
+  return detail::from_gradient_pass(detail::gradient_pass(model, x, target, options.score(), {method}, options.layer()),
+                                    method);
 }
 
 }  // namespace
 
 Attribution gradcam(const Model& model, const at::Tensor& x, const Target& target, const GradCamOptions& options) {
-  return weighted_cam(model, x, target, options, "gradcam",
-                      [](const at::Tensor&, const at::Tensor& g) { return g.mean({2, 3}); });
+  return gradient_cam(model, x, target, options, "gradcam");
 }
 
-Attribution gradcam_plusplus(const Model& model, const at::Tensor& x, const Target& target,
-                             const GradCamPlusPlusOptions& options) {
-  return weighted_cam(model, x, target, options, "gradcam_plusplus", [](const at::Tensor& a, const at::Tensor& g) {
-    at::Tensor g2 = g * g, g3 = g2 * g;
-    at::Tensor sum_a = a.sum({2, 3}, /*keepdim=*/true);
-    at::Tensor alpha = g2 / (2 * g2 + sum_a * g3 + 1e-6);
-    alpha = at::where(g != 0, alpha, at::zeros_like(alpha));
-    return (at::relu(g) * alpha).sum({2, 3});
-  });
+Attribution gradcam_plusplus(const Model& model, const at::Tensor& x, const Target& target, const GradCamPlusPlusOptions& options) {
+  return gradient_cam(model, x, target, options, "gradcam_plusplus");
 }
 
 Attribution xgradcam(const Model& model, const at::Tensor& x, const Target& target, const XGradCamOptions& options) {
-  return weighted_cam(model, x, target, options, "xgradcam", [](const at::Tensor& a, const at::Tensor& g) {
-    return (g * a / (a.sum({2, 3}, /*keepdim=*/true) + 1e-7)).sum({2, 3});
-  });
+  return gradient_cam(model, x, target, options, "xgradcam");
 }
 
 Attribution hirescam(const Model& model, const at::Tensor& x, const Target& target, const HiResCamOptions& options) {
-  return spatial_cam(model, x, target, options, "hirescam",
-                     [](const at::Tensor& a, const at::Tensor& g) { return g * a; });
+  return gradient_cam(model, x, target, options, "hirescam");
 }
 
 Attribution layercam(const Model& model, const at::Tensor& x, const Target& target, const LayerCamOptions& options) {
-  return spatial_cam(model, x, target, options, "layercam",
-                     [](const at::Tensor& a, const at::Tensor& g) { return at::relu(g) * a; });
+  return gradient_cam(model, x, target, options, "layercam");
 }
 
-Attribution gradcam_elementwise(const Model& model, const at::Tensor& x, const Target& target,
-                                const GradCamElementwiseOptions& options) {
-  return spatial_cam(model, x, target, options, "gradcam_elementwise",
-                     [](const at::Tensor& a, const at::Tensor& g) { return at::relu(g * a); });
+Attribution gradcam_elementwise(const Model& model, const at::Tensor& x, const Target& target, const GradCamElementwiseOptions& options) {
+  return gradient_cam(model, x, target, options, "gradcam_elementwise");
 }
 
 Attribution eigencam(const Model& model, const at::Tensor& x, const Target& target, const EigenCamOptions& options) {
-  LayerPass p = layer_pass(model, x, target, options, false, "eigencam");
-  at::NoGradGuard no_grad;
-  return finish(p, principal_projection(p.act), at::Tensor());
+  return gradient_cam(model, x, target, options, "eigencam");
 }
 
-Attribution eigengradcam(const Model& model, const at::Tensor& x, const Target& target,
-                         const EigenGradCamOptions& options) {
-  LayerPass p = layer_pass(model, x, target, options, true, "eigengradcam");
-  at::NoGradGuard no_grad;
-  return finish(p, principal_projection(p.grad * p.act), at::Tensor());
+Attribution eigengradcam(const Model& model, const at::Tensor& x, const Target& target, const EigenGradCamOptions& options) {
+  return gradient_cam(model, x, target, options, "eigengradcam");
 }
 
 namespace {
@@ -178,7 +120,7 @@ Attribution score_weighted(const Model& model, LayerPass& p, const at::Tensor& x
 Attribution scorecam(const Model& model, const at::Tensor& x, const Target& target, const ScoreCamOptions& o) {
   SALIENT_CHECK(o.memory_budget() > 0, "scorecam: memory_budget must be > 0");
   at::Tensor xf = detail::checked_input(x, "scorecam");
-  LayerPass p = layer_pass(model, xf, target, CamOptions().layer(o.layer()).score(o.score()), false, "scorecam");
+  LayerPass p = layer_pass(model, xf, target, o.layer(), "scorecam");
   at::NoGradGuard no_grad;
   at::Tensor all = at::arange(p.act.size(1), at::TensorOptions().dtype(at::kLong)).unsqueeze(0).expand({xf.size(0), -1});
   return score_weighted(model, p, xf, target, all.contiguous(), o.score(), o.memory_budget(), o.optimized());
@@ -190,7 +132,7 @@ Attribution faster_scorecam(const Model& model, const at::Tensor& x, const Targe
   SALIENT_CHECK(o.memory_budget() > 0, "faster_scorecam: memory_budget must be > 0");
   at::Tensor xf = detail::checked_input(x, "faster_scorecam");
   LayerPass p =
-      layer_pass(model, xf, target, CamOptions().layer(o.layer()).score(o.score()), false, "faster_scorecam");
+      layer_pass(model, xf, target, o.layer(), "faster_scorecam");
   at::NoGradGuard no_grad;
   const int64_t c = p.act.size(1);
   int64_t k = o.top_k() < 1 ? static_cast<int64_t>(std::ceil(o.top_k() * c)) : static_cast<int64_t>(o.top_k());
@@ -302,33 +244,12 @@ Attribution reciprocam(const Model& model, const at::Tensor& x, const Target& ta
 
 Attribution guided_gradcam(const Model& model, const at::Tensor& x, const Target& target,
                            const GuidedGradCamOptions& options) {
-  at::Tensor xf = detail::checked_input(x, "guided_gradcam");
-  std::string layer = options.layer().empty() ? model.default_cam_layer(detail::sample_shape(xf)) : options.layer();
-  at::Tensor leaf = xf.clone().requires_grad_(true);
-  auto fr = model.forward(leaf, {layer}, Autograd::Full, ReluGradient::Guided);
-  const at::Tensor& act = fr.taps[0];
-  SALIENT_CHECK(act.dim() == 4, "guided_gradcam: layer '", layer, "' outputs ", detail::shape_str(act.sizes()),
-                "; CAM methods need a 4-D [N, C, h, w] output (pick a convolutional layer)");
-  Attribution a;
-  a.layer = layer;
-  a.targets = target.resolve(fr.output);
-  at::Tensor s = target.scores(fr.output, a.targets, options.score()).sum();
-  // The plain gradient at the layer first; then the ReLU hooks make the second
-  // backward, to the input, guided.
-  at::Tensor grad = torch::autograd::grad({s}, {act}, {}, /*retain_graph=*/true)[0];
-  detail::check_finite(grad, "guided_gradcam", ("the gradient at layer '" + layer + "'").c_str());
-  clamp_relu_gradients(fr);
-  at::Tensor guided = torch::autograd::grad({s}, {leaf})[0];
-  detail::check_finite(guided, "guided_gradcam", "the guided input gradient");
-  at::NoGradGuard no_grad;
-  a.weights = grad.mean({2, 3});
-  a.raw = (a.weights.unsqueeze(-1).unsqueeze(-1) * act.detach()).sum(1, /*keepdim=*/true);
-  a.layer_map = at::relu(a.raw);
-  a.map = guided * at::upsample_nearest2d(a.layer_map, {xf.size(2), xf.size(3)});
-  a.output = fr.output.detach();
-  a.forward_samples = xf.size(0);
-  a.backward_samples = 2 * xf.size(0);
-  return a;
+  return gradient_cam(model, x, target, options, "guided_gradcam");
+}
+
+Attribution fullgrad(const Model& model, const at::Tensor& x, const Target& target, const FullGradOptions& options) {
+  return detail::from_gradient_pass(detail::gradient_pass(model, x, target, options.score(), {"fullgrad"}, ""),
+                                    "fullgrad");
 }
 
 }  // namespace salient

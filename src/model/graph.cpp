@@ -352,6 +352,13 @@ std::shared_ptr<Graph> TapGraph::with_all_values() const {
   return g;
 }
 
+Node* TapGraph::producer(const ValueRef& ref) const {
+  std::map<size_t, Node*> by_tag;
+  tagged_nodes(*graph_, &by_tag);
+  auto it = by_tag.find(ref.node);
+  return it == by_tag.end() ? nullptr : it->second;
+}
+
 Value* TapGraph::first_weight() const {
   static const std::set<std::string> ops = {"aten::_convolution", "aten::conv1d", "aten::conv2d",
                                             "aten::conv3d", "aten::linear", "aten::addmm"};

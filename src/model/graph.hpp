@@ -60,6 +60,9 @@ class TapGraph {
   // A copy that also returns every tensor a top-level node produces (memory probe).
   std::shared_ptr<torch::jit::Graph> with_all_values() const;
 
+  // The node producing a value of the analysed graph.
+  torch::jit::Node* producer(const ValueRef& ref) const;
+
   // The weight value of the first convolution or linear op, if any.
   torch::jit::Value* first_weight() const;
   torch::jit::Graph& graph() const { return *graph_; }

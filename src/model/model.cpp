@@ -1,5 +1,6 @@
 #include "salient/model.hpp"
 
+#include <torch/csrc/jit/ir/constants.h>
 #include <torch/csrc/jit/runtime/interpreter.h>
 #include <torch/script.h>
 
@@ -392,6 +393,40 @@ std::string Model::default_cam_layer(const std::vector<int64_t>& input_shape) co
   std::lock_guard<std::mutex> lock(impl_->mu);
   impl_->cam_layer_cache[input_shape] = best;
   return best;
+}
+
+std::vector<BiasLayer> Model::bias_layers() const {
+  std::map<std::string, torch::jit::Module> by_path;
+  for (const auto& nm : impl_->module.named_modules()) by_path.emplace(nm.name, nm.value);
+  auto tensor_attr = [](const torch::jit::Module& m, const char* name) {
+    if (!m.hasattr(name)) return at::Tensor();
+    c10::IValue v = m.attr(name);
+    return v.isTensor() ? v.toTensor().detach() : at::Tensor();
+  };
+  std::vector<BiasLayer> out;
+  const auto& outs = impl_->graph->module_outputs();
+  for (const auto& m : impl_->modules) {
+    if (m.second != "Conv2d" && m.second != "BatchNorm2d") continue;
+    auto mod = by_path.find(m.first);
+    auto tap = outs.find(m.first);
+    if (mod == by_path.end() || tap == outs.end()) continue;
+    if (m.second == "Conv2d") {
+      at::Tensor b = tensor_attr(mod->second, "bias");
+      if (b.defined()) out.push_back({m.first, m.second, b.clone()});
+      continue;
+    }
+    // BatchNorm: eps is a constant argument of the batch_norm op, not a module attribute.
+    torch::jit::Node* node = impl_->graph->producer(tap->second.ref);
+    if (!node || tap->second.op != "aten::batch_norm") continue;
+    auto eps = torch::jit::toIValue(node->input(7));
+    at::Tensor mean = tensor_attr(mod->second, "running_mean"), var = tensor_attr(mod->second, "running_var");
+    if (!eps || !eps->isDouble() || !mean.defined() || !var.defined()) continue;
+    at::Tensor w = tensor_attr(mod->second, "weight"), b = tensor_attr(mod->second, "bias");
+    if (!w.defined()) w = at::ones_like(mean);
+    if (!b.defined()) b = at::zeros_like(mean);
+    out.push_back({m.first, m.second, b - mean * w / at::sqrt(var + eps->toDouble())});
+  }
+  return out;
 }
 
 int64_t Model::input_channels() const {

@@ -1,0 +1,189 @@
+#include "methods/gradient_pass.hpp"
+
+#include <algorithm>
+#include <set>
+
+#include "salient/gradient.hpp"
+
+namespace salient {
+namespace detail {
+
+namespace {
+
+const std::set<std::string> kInputGradient = {"vanilla", "input_x_gradient", "fullgrad"};
+const std::set<std::string> kGuided = {"guided_backprop", "guided_gradcam"};
+const std::set<std::string> kLayerGradient = {"gradcam",  "gradcam_plusplus",    "xgradcam",     "hirescam",
+                                              "layercam", "gradcam_elementwise", "eigengradcam", "guided_gradcam"};
+const std::set<std::string> kLayer = {"gradcam",  "gradcam_plusplus",    "xgradcam", "hirescam",     "layercam",
+                                      "gradcam_elementwise", "eigencam", "eigengradcam", "guided_gradcam"};
+
+bool any_of(const std::vector<std::string>& methods, const std::set<std::string>& set) {
+  return std::any_of(methods.begin(), methods.end(), [&](const std::string& m) { return set.count(m) > 0; });
+}
+
+// First principal component of the positions: [N,C,h,w] -> [N,1,h,w], signed so that the
+// map correlates positively with the channel mean of `m`.
+at::Tensor principal_projection(const at::Tensor& m) {
+  const int64_t n = m.size(0), c = m.size(1), h = m.size(2), w = m.size(3);
+  std::vector<at::Tensor> maps;
+  for (int64_t i = 0; i < n; ++i) {
+    at::Tensor rows = m[i].reshape({c, h * w}).t();  // [hw, C]
+    rows = rows - rows.mean(0, /*keepdim=*/true);
+    at::Tensor vh = std::get<2>(at::linalg_svd(rows, /*full_matrices=*/false));
+    at::Tensor proj = at::matmul(rows, vh[0]);  // [hw]
+    at::Tensor mean_map = m[i].mean(0).reshape({h * w});
+    if ((proj * (mean_map - mean_map.mean())).sum().item<double>() < 0) proj = -proj;
+    maps.push_back(proj.reshape({1, h, w}));
+  }
+  return at::stack(maps);
+}
+
+// (t - min) / (max - min + 1e-7) over the spatial positions of each (sample, channel).
+at::Tensor minmax_per_channel(const at::Tensor& t) {
+  at::Tensor flat = t.flatten(2);
+  flat = flat - flat.amin(2, /*keepdim=*/true);
+  return (flat / (flat.amax(2, /*keepdim=*/true) + 1e-7)).view_as(t);
+}
+
+// The raw CAM [N,1,h,w] of a gradient variant; *weights gets [N,C] channel weights for
+// the variants that have them.
+at::Tensor cam_raw(const std::string& method, const at::Tensor& a, const at::Tensor& g, at::Tensor* weights) {
+  auto weighted = [&](const at::Tensor& w) {
+    *weights = w;
+    return (w.unsqueeze(-1).unsqueeze(-1) * a).sum(1, /*keepdim=*/true);
+  };
+  if (method == "gradcam" || method == "guided_gradcam") return weighted(g.mean({2, 3}));
+  if (method == "gradcam_plusplus") {
+    at::Tensor g2 = g * g, g3 = g2 * g;
+    at::Tensor alpha = g2 / (2 * g2 + a.sum({2, 3}, /*keepdim=*/true) * g3 + 1e-6);
+    alpha = at::where(g != 0, alpha, at::zeros_like(alpha));
+    return weighted((at::relu(g) * alpha).sum({2, 3}));
+  }
+  if (method == "xgradcam") return weighted((g * a / (a.sum({2, 3}, /*keepdim=*/true) + 1e-7)).sum({2, 3}));
+  if (method == "hirescam") return (g * a).sum(1, /*keepdim=*/true);
+  if (method == "layercam") return (at::relu(g) * a).sum(1, /*keepdim=*/true);
+  if (method == "gradcam_elementwise") return at::relu(g * a).sum(1, /*keepdim=*/true);
+  if (method == "eigencam") return principal_projection(a);
+  if (method == "eigengradcam") return principal_projection(g * a);
+  SALIENT_FAIL("internal: '", method, "' is not a gradient CAM variant");
+}
+
+}  // namespace
+
+bool shares_gradient_pass(const std::string& method) {
+  return kInputGradient.count(method) || kGuided.count(method) || kLayer.count(method);
+}
+
+GradientPass gradient_pass(const Model& model, const at::Tensor& x, const Target& target, Score score,
+                           const std::vector<std::string>& methods, const std::string& layer) {
+  const char* name = methods.size() == 1 ? methods[0].c_str() : "explain";
+  for (const auto& m : methods) SALIENT_CHECK(shares_gradient_pass(m), "internal: '", m, "' has no gradient pass");
+  GradientPass p;
+  p.x = checked_input(x, name);
+  const bool input_grad = any_of(methods, kInputGradient), guided = any_of(methods, kGuided);
+  const bool cam = any_of(methods, kLayer), cam_grad = any_of(methods, kLayerGradient);
+  const bool bias = std::count(methods.begin(), methods.end(), "fullgrad") > 0;
+
+  std::vector<std::string> taps;
+  if (cam) {
+    p.layer = layer.empty() ? model.default_cam_layer(sample_shape(p.x)) : layer;
+    taps.push_back(p.layer);
+  }
+  if (bias) {
+    p.bias_layers = model.bias_layers();
+    for (const auto& l : p.bias_layers) taps.push_back(l.path);
+  }
+  // A leaf of our own: the caller's tensor keeps its flags, and a model that writes into
+  // its input cannot touch the caller's data.
+  const bool to_input = input_grad || guided;
+  at::Tensor leaf = to_input ? p.x.clone().requires_grad_(true) : p.x;
+  Autograd mode = to_input ? Autograd::Full : cam_grad ? Autograd::FromTaps : Autograd::Off;
+  auto fr = model.forward(leaf, taps, mode, guided ? ReluGradient::Guided : ReluGradient::Standard);
+  const int64_t n = p.x.size(0);
+  p.forward_samples = n;
+  if (cam) {
+    SALIENT_CHECK(fr.taps[0].dim() == 4, name, ": layer '", p.layer, "' outputs ", shape_str(fr.taps[0].sizes()),
+                  "; CAM methods need a 4-D [N, C, h, w] output (pick a convolutional layer)");
+    p.act = fr.taps[0].detach();
+  }
+  p.targets = target.resolve(fr.output);
+  p.output = fr.output.detach();
+  if (mode == Autograd::Off) return p;
+
+  at::Tensor s = target.scores(fr.output, p.targets, score).sum();
+  // The standard backward: to the input, the CAM layer and the bias layers at once.
+  std::vector<at::Tensor> wrt;
+  if (input_grad) wrt.push_back(leaf);
+  if (cam_grad) wrt.push_back(fr.taps[0]);
+  if (bias) wrt.insert(wrt.end(), fr.taps.begin() + (cam ? 1 : 0), fr.taps.end());
+  if (!wrt.empty()) {
+    auto grads = torch::autograd::grad({s}, wrt, {}, /*retain_graph=*/guided, /*create_graph=*/false,
+                                       /*allow_unused=*/true);
+    size_t k = 0;
+    if (input_grad) {
+      p.input_grad = grads[k++];
+      SALIENT_CHECK(p.input_grad.defined(), name, ": the score does not depend on the input");
+      check_finite(p.input_grad, name, "the input gradient");
+    }
+    if (cam_grad) {
+      p.act_grad = grads[k++];
+      SALIENT_CHECK(p.act_grad.defined(), name, ": the score does not depend on layer '", p.layer, "'");
+      check_finite(p.act_grad, name, ("the gradient at layer '" + p.layer + "'").c_str());
+    }
+    for (; k < grads.size(); ++k) {
+      if (grads[k].defined())
+        check_finite(grads[k], name, ("the gradient at layer '" + p.bias_layers[p.bias_grads.size()].path + "'").c_str());
+      p.bias_grads.push_back(grads[k]);
+    }
+    p.backward_samples += n;
+  }
+  if (guided) {
+    // The ReLU hooks go on only now, so the backward above stayed standard.
+    clamp_relu_gradients(fr);
+    p.guided_grad = torch::autograd::grad({s}, {leaf})[0];
+    check_finite(p.guided_grad, name, "the guided input gradient");
+    p.backward_samples += n;
+  }
+  return p;
+}
+
+Attribution from_gradient_pass(const GradientPass& p, const std::string& method) {
+  at::NoGradGuard no_grad;
+  Attribution a;
+  a.output = p.output;
+  a.targets = p.targets;
+  a.forward_samples = p.forward_samples;
+  a.backward_samples = p.backward_samples;
+  const int64_t height = p.x.size(2), width = p.x.size(3);
+  if (method == "vanilla") {
+    a.map = p.input_grad;
+  } else if (method == "input_x_gradient") {
+    a.map = p.input_grad * p.x;
+  } else if (method == "guided_backprop") {
+    a.map = p.guided_grad;
+  } else if (method == "fullgrad") {
+    at::Tensor map = minmax_per_channel((p.x * p.input_grad).abs()).sum(1, /*keepdim=*/true);
+    for (size_t i = 0; i < p.bias_layers.size(); ++i) {
+      const at::Tensor& g = p.bias_grads[i];
+      if (!g.defined() || g.dim() != 4 || g.size(1) != p.bias_layers[i].bias.numel()) continue;
+      at::Tensor term = minmax_per_channel((p.bias_layers[i].bias.view({1, -1, 1, 1}) * g).abs());
+      // Bilinear resizing is linear: summing the channels first gives the same map.
+      map = map + at::upsample_bilinear2d(term.sum(1, /*keepdim=*/true), {height, width}, /*align_corners=*/false);
+    }
+    a.map = map;
+  } else if (kLayer.count(method)) {
+    a.layer = p.layer;
+    a.raw = cam_raw(method, p.act, p.act_grad, &a.weights);
+    a.layer_map = at::relu(a.raw);
+    if (method == "guided_gradcam")
+      a.map = p.guided_grad * at::upsample_nearest2d(a.layer_map, {height, width});
+    else
+      a.map = at::upsample_bilinear2d(a.layer_map, {height, width}, /*align_corners=*/false);
+  } else {
+    SALIENT_FAIL("internal: '", method, "' has no gradient pass");
+  }
+  return a;
+}
+
+}  // namespace detail
+}  // namespace salient
