@@ -11,6 +11,8 @@
 #include "helpers.hpp"
 
 using namespace testing_salient;
+using salient::Model;
+using salient::Target;
 namespace fs = std::filesystem;
 
 namespace {
@@ -91,7 +93,7 @@ TEST(Cli, ExplainWritesTheNpyContractOnTheReferenceModel) {
     EXPECT_EQ(img["predicted"], pred[i].item<int64_t>());
     EXPECT_GT(img["probability"].get<double>(), 0.0);
     EXPECT_EQ(img["methods"]["gradcam"]["layer"], "features.10");
-    EXPECT_EQ(img["methods"]["smoothgrad"]["n_samples"], 4);
+    EXPECT_EQ(img["methods"]["smoothgrad"]["samples"], 4);
     EXPECT_TRUE(img["timings_ms"].contains("gradcam"));
   }
 }
@@ -106,7 +108,7 @@ TEST(Cli, ExplainImagesWritesPanelsLabelsAndChoosesTheLayer) {
   CliRun r = salient_cli("explain --model " + ref_model() + " --image " + dir + "/cat.png --preset none --size 64x64 " +
                       "--labels " + dir + "/labels.txt --method gradcam,vanilla --out " + out);
   ASSERT_EQ(r.code, 0) << r.out;
-  EXPECT_NE(r.out.find("gradcam: using layer 'features'"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("CAM methods: using layer 'features'"), std::string::npos) << r.out;
   EXPECT_EQ(salient::io::read_npy(out + "/cat.gradcam.npy").sizes(), (std::vector<int64_t>{1, 1, 64, 64}));
   EXPECT_EQ(salient::io::read_npy(out + "/cat.vanilla.npy").sizes(), (std::vector<int64_t>{1, 3, 64, 64}));
   cv::Mat panel = salient::io::read_image(out + "/cat.panel.png");
@@ -229,4 +231,91 @@ TEST(Cli, DemoExplainsTheShippedModelAndGradCamFindsTheItems) {
   int hits = std::stoi(r.out.substr(pos + 14));
   // Grad-CAM's peak lands on the item for (nearly) every sample of the task.
   EXPECT_GE(hits, 14) << r.out;
+}
+
+TEST(Cli, MethodAllRunsEveryMethodWritesItsMapAndTheIgDelta) {
+  std::string dir = temp_dir("cli_all");
+  salient::io::write_npy(dir + "/batch.npy", reference()["input"].narrow(0, 0, 2));
+  std::string out = dir + "/out";
+  CliRun r = salient_cli("explain --model " + ref_model() + " --input " + dir +
+                         "/batch.npy --method all --targets 0,1 --n-steps 8 --samples 2 --masks 16 --window 16 "
+                         "--stride 16 --top-k 4 --save npy,json --out " + out);
+  ASSERT_EQ(r.code, 0) << r.out;
+  std::ifstream f(out + "/summary.json");
+  auto s = nlohmann::json::parse(f);
+  ASSERT_EQ(s["methods"].size(), salient::methods().size());
+  for (const auto& m : salient::methods()) {
+    at::Tensor map = salient::io::read_npy(out + "/batch." + m.name + ".npy");
+    std::vector<int64_t> shape{2, m.channels ? 3 : 1, 64, 64};
+    EXPECT_EQ(map.sizes(), shape) << m.name;
+    EXPECT_TRUE(at::isfinite(map).all().item<bool>()) << m.name;
+    EXPECT_GT(map.abs().max().item<double>(), 0.0) << m.name;
+    EXPECT_TRUE(s["images"][0]["timings_ms"].contains(m.name)) << m.name;
+  }
+  // The CLI's maps are the library's: IG with 8 Gauss-Legendre steps, Grad-CAM++.
+  salient::ExplainSettings settings;
+  settings.n_steps = 8;
+  auto x = reference()["input"].narrow(0, 0, 2);
+  auto ig = salient::explain(Model::load(ref_model()), x, "integrated_gradients", Target::per_sample({0, 1}), settings);
+  EXPECT_TRUE(close(salient::io::read_npy(out + "/batch.integrated_gradients.npy"), ig.map, 1e-9, 1e-5));
+  for (int i = 0; i < 2; ++i) {
+    const auto& m = s["images"][i]["methods"]["integrated_gradients"];
+    EXPECT_EQ(m["n_steps"], 8);
+    EXPECT_EQ(m["integration"], "gausslegendre");
+    EXPECT_NEAR(m["delta"].get<double>(), ig.delta[i].item<double>(), 1e-5);
+  }
+  // Gradient methods share one forward and two backward passes (the guided one included).
+  EXPECT_GE(s["shared_pass"].size(), 12u);
+  EXPECT_EQ(s["methods"]["rise"]["score"], "probability");
+  EXPECT_EQ(s["methods"]["faster_scorecam"]["top_k"], 4.0);
+}
+
+TEST(Cli, MethodFlagsReachTheirOptions) {
+  std::string dir = temp_dir("cli_flags");
+  at::Tensor x = reference()["input"].narrow(0, 0, 1);
+  salient::io::write_npy(dir + "/x.npy", x);
+  salient::io::write_npy(dir + "/base.npy", at::full({1, 3, 64, 64}, 0.25));
+  std::string run = "explain --model " + ref_model() + " --input " + dir + "/x.npy --target 3 --save npy,json ";
+  ASSERT_EQ(salient_cli(run + "--method vargrad --base integrated_gradients --samples 3 --n-steps 4 --seed 5 "
+                              "--integration riemann_middle --baseline " + dir + "/base.npy --out " + dir + "/a").code, 0);
+  ASSERT_EQ(salient_cli(run + "--method occlusion --window 16 --stride 8 --baseline 0.5 --out " + dir + "/b").code, 0);
+  ASSERT_EQ(salient_cli(run + "--method rise --masks 32 --cell 16 --keep 0.3 --seed 2 --score logit --out " + dir +
+                        "/c").code, 0);
+  Model model = Model::load(ref_model());
+  auto expect = [&](const std::string& file, const salient::Attribution& a) {
+    EXPECT_TRUE(close(salient::io::read_npy(file), a.map, 1e-9, 1e-5)) << file;
+  };
+  salient::IntegratedGradientsOptions ig;
+  ig.n_steps(4).integration(salient::Integration::RiemannMiddle).baseline(at::full({1, 3, 64, 64}, 0.25));
+  expect(dir + "/a/x.vargrad.npy",
+         salient::smoothgrad(model, x, Target::index(3),
+                             salient::SmoothGradOptions()
+                                 .n_samples(3)
+                                 .seed(5)
+                                 .aggregation(salient::NoiseAggregation::Variance)
+                                 .base([ig](const Model& m, const at::Tensor& rows, const Target& t) {
+                                   return salient::integrated_gradients(m, rows, t, ig);
+                                 })));
+  expect(dir + "/b/x.occlusion.npy",
+         salient::occlusion(model, x, Target::index(3), salient::OcclusionOptions().window(16).stride(8).baseline(0.5)));
+  expect(dir + "/c/x.rise.npy", salient::rise(model, x, Target::index(3),
+                                             salient::RiseOptions().n_masks(32).cell(16).keep(0.3).seed(2).score(
+                                                 salient::Score::Logit)));
+}
+
+TEST(Cli, BadMethodSettingsAreOneLineErrors) {
+  std::string dir = temp_dir("cli_bad_settings");
+  salient::io::write_npy(dir + "/x.npy", reference()["input"].narrow(0, 0, 1));
+  std::string run = "explain --model " + ref_model() + " --input " + dir + "/x.npy ";
+  expect_bad_input(run + "--method scorecam --layer fc", dir + "/o1", "layer 'fc' outputs [1, 10]; CAM methods need a 4-D");
+  expect_bad_input(run + "--method reciprocam --layer fc", dir + "/o2", "CAM methods need a 4-D");
+  expect_bad_input(run + "--method occlusion --window 65", dir + "/o3", "occlusion: window 65 is larger than the image");
+  expect_bad_input(run + "--method integrated_gradients --n-steps 0", dir + "/o4", "n_steps must be >= 1, got 0");
+  expect_bad_input(run + "--method smoothgrad --base gradcam", dir + "/o5",
+                   "unknown base method 'gradcam' for the noise tunnel; use one of: vanilla,");
+  expect_bad_input(run + "--method integrated_gradients --baseline fog", dir + "/o6", "unknown baseline 'fog'");
+  expect_bad_input(run + "--method occlusion --baseline blur", dir + "/o7", "occlusion: baseline must be zero or a number");
+  expect_bad_input(run + "--method rise --keep 1.5", dir + "/o8", "keep must be in (0, 1]");
+  expect_bad_input(run + "--method all,vanilla", dir + "/o9", "'all' cannot be combined");
+  expect_bad_input(run + "--method integrated_gradients --integration simpson", dir + "/o10", "unknown integration 'simpson'");
 }

@@ -45,7 +45,7 @@ struct IntegratedGradientsOptions {
   SALIENT_ARG(BaselineKind, baseline_kind) = BaselineKind::Zero;
   SALIENT_ARG(at::Tensor, baseline) = {};  // explicit x' ([N,C,H,W] or [C,H,W]); wins over baseline_kind
   SALIENT_ARG(double, blur_sigma) = 5.0;   // Blur: Gaussian blur of x, kernel 11
-  SALIENT_ARG(uint64_t, seed) = 0;         // Noise: uniform in [min x, max x] per sample
+  SALIENT_ARG(uint64_t, seed) = 0;         // Noise: uniform in [min x, max x] per sample, one draw for the batch
   SALIENT_ARG(int64_t, memory_budget) = int64_t(1) << 30;
   SALIENT_ARG(Score, score) = Score::Logit;
 };

@@ -9,8 +9,9 @@
 //                                  salient::render::Normalize::MinMax),
 //       salient::render::Colormap::Jet);
 #include "salient/attribution.hpp"
-#include "salient/error.hpp"
 #include "salient/cam.hpp"
+#include "salient/error.hpp"
+#include "salient/explain.hpp"
 #include "salient/gradient.hpp"
 #include "salient/integrated_gradients.hpp"
 #include "salient/io.hpp"

@@ -13,8 +13,9 @@
 //             return salient::integrated_gradients(m, xs, t); }));
 //
 // Samples run in chunks sized from memory_budget, so n = 1000 costs no more memory than
-// a chunk. Randomness comes from a generator seeded with `seed`; `noise` replaces it
-// (tests use fixed noise). Cost: n times the base method's cost, per sample.
+// a chunk. Randomness comes from a generator seeded with `seed`: the s-th noisy copy of
+// every example uses the same standard-normal draw times the example's std, so a map does
+// not depend on the rest of the batch. `noise` replaces the generator (tests use fixed noise). Cost: n times the base method's cost, per sample.
 #include <functional>
 
 #include "salient/attribution.hpp"

@@ -146,7 +146,10 @@ at::Tensor make_baseline(const at::Tensor& x, const IntegratedGradientsOptions& 
       at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(o.seed());
       at::Tensor flat = x.flatten(1);
       at::Tensor lo = std::get<0>(flat.min(1)).view({-1, 1, 1, 1}), hi = std::get<0>(flat.max(1)).view({-1, 1, 1, 1});
-      return lo + (hi - lo) * at::rand(x.sizes(), gen, x.options());
+      // One draw shared by the batch: a sample's baseline does not depend on the others.
+      std::vector<int64_t> one = x.sizes().vec();
+      one[0] = 1;
+      return lo + (hi - lo) * at::rand(one, gen, x.options());
     }
   }
   return {};

@@ -40,8 +40,12 @@ Attribution smoothgrad(const Model& model, const at::Tensor& x, const Target& ta
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(options.seed());
   NoiseSource noise = options.noise();
   if (!noise) {
+    // One draw per noisy sample, shared by the batch (scaled by each example's std): an
+    // example's map does not depend on the other examples or on its place in the batch.
     noise = [&gen](int64_t, const at::Tensor& xs, const at::Tensor& sd) {
-      return at::randn(xs.sizes(), gen, xs.options()) * sd.view({-1, 1, 1, 1});
+      std::vector<int64_t> one = xs.sizes().vec();
+      one[0] = 1;
+      return at::randn(one, gen, xs.options()) * sd.view({-1, 1, 1, 1});
     };
   }
 

@@ -1,6 +1,7 @@
 #pragma once
 // Shared pieces of the salient subcommands.
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 #include <opencv2/core.hpp>
 
 #include <map>
@@ -27,18 +28,29 @@ int64_t parse_bytes(const std::string& s, const char* flag);             // "1G"
 // Creates `dir` if needed and proves that it is writable (no files left behind).
 void ensure_writable_dir(const std::string& dir);
 
-// The three core methods, by CLI name.
-extern const std::vector<std::string> kMethods;
+// --method: comma-separated names or "all"; checked against salient::methods().
+// "all" expands later (suitable_methods needs the model and the input shape).
+std::vector<std::string> parse_methods(const std::string& spec);
+// CAM-like maps ([N,1,H,W], non-negative, smooth) render with min-max; gradient-like ones
+// with a percentile clip.
 bool is_cam_method(const std::string& name);
 
-struct MethodSettings {
-  salient::Score score = salient::Score::Logit;
-  std::string layer;  // empty: automatic
-  salient::SmoothGradOptions smoothgrad;
+// The method flags shared by explain and demo; each sets the ExplainSettings field of the
+// same name, unset flags keep the method's default.
+struct MethodFlags {
+  std::string layer, score, integration, baseline, base, memory_budget = "1G";
+  int64_t n_steps = 0, samples = 0, window = 0, stride = 0, masks = 0, cell = 0;
+  double noise_level = 0, keep = 0, top_k = 0;
+  uint64_t seed = 0;
+  bool gaussian = false;
+  std::map<std::string, CLI::Option*> given;
 };
-// Runs one method by name; `layer_auto` tells whether the layer was chosen automatically.
-salient::Attribution run_method(const std::string& name, const salient::Model& model, const at::Tensor& x,
-                                const salient::Target& target, const MethodSettings& settings);
+void add_method_flags(CLI::App& app, MethodFlags* f);
+// `--baseline FILE.npy` is read here.
+salient::ExplainSettings method_settings(const MethodFlags& f);
+// The parameters each method ran with, for summary.json.
+nlohmann::json method_params(const std::string& name, const salient::ExplainSettings& s, const std::string& layer,
+                             bool layer_auto);
 
 struct RenderSettings {
   salient::render::Colormap colormap = salient::render::Colormap::Jet;

@@ -13,10 +13,6 @@ namespace fs = std::filesystem;
 namespace salient {
 namespace cli {
 
-const std::vector<std::string> kMethods = {"vanilla", "smoothgrad", "gradcam"};
-
-bool is_cam_method(const std::string& name) { return name == "gradcam"; }
-
 std::vector<std::string> split(const std::string& s, char sep) {
   std::vector<std::string> out;
   std::string item;
@@ -99,13 +95,131 @@ void ensure_writable_dir(const std::string& dir) {
   fs::remove(probe, ec);
 }
 
-salient::Attribution run_method(const std::string& name, const salient::Model& model, const at::Tensor& x,
-                                const salient::Target& target, const MethodSettings& s) {
-  if (name == "vanilla") return salient::vanilla_gradient(model, x, target, salient::VanillaOptions().score(s.score));
-  if (name == "smoothgrad") return salient::smoothgrad(model, x, target, salient::SmoothGradOptions(s.smoothgrad).score(s.score));
-  if (name == "gradcam")
-    return salient::gradcam(model, x, target, salient::GradCamOptions().layer(s.layer).score(s.score));
-  SALIENT_FAIL("unknown method '", name, "'; available: vanilla, smoothgrad, gradcam");
+std::vector<std::string> parse_methods(const std::string& spec) {
+  std::vector<std::string> out;
+  for (const auto& m : split(spec, ',')) {
+    if (m != "all") {
+      try {
+        salient::method_info(m);
+      } catch (const salient::Error& e) {
+        SALIENT_FAIL("--method: ", e.what());
+      }
+    }
+    if (std::find(out.begin(), out.end(), m) == out.end()) out.push_back(m);
+  }
+  SALIENT_CHECK(!out.empty(), "--method: no method given");
+  SALIENT_CHECK(out.size() == 1 || std::find(out.begin(), out.end(), "all") == out.end(),
+                "--method: 'all' cannot be combined with other names");
+  return out;
+}
+
+bool is_cam_method(const std::string& name) { return !salient::method_info(name).channels; }
+
+void add_method_flags(CLI::App& app, MethodFlags* f) {
+  auto& g = f->given;
+  g["layer"] = app.add_option("--layer", f->layer, "Module path for CAM methods (default: automatic; see 'salient layers')");
+  g["score"] = app.add_option("--score", f->score,
+                              "What is explained: logit or probability (default: logit; probability for rise, reciprocam)");
+  g["n_steps"] = app.add_option("--n-steps", f->n_steps, "integrated_gradients: integration points (default 50)");
+  g["integration"] = app.add_option("--integration", f->integration,
+                                    "integrated_gradients: riemann_left, riemann_right, riemann_middle, "
+                                    "riemann_trapezoid, riemann_trapezoid_captum or gausslegendre (default)");
+  g["baseline"] = app.add_option("--baseline", f->baseline,
+                                 "integrated_gradients: zero (default), blur, noise, a number or FILE.npy; "
+                                 "occlusion: zero or a number");
+  g["samples"] = app.add_option("--samples,--n-samples", f->samples, "Noise tunnel: noisy copies (default 20)");
+  g["noise_level"] = app.add_option("--noise-level", f->noise_level,
+                                    "Noise tunnel: noise std / (max - min) of each input (default 0.15)");
+  g["base"] = app.add_option("--base", f->base,
+                             "Noise tunnel's base method: vanilla (default), input_x_gradient, integrated_gradients, "
+                             "guided_backprop, deconvnet or occlusion");
+  g["window"] = app.add_option("--window", f->window, "occlusion: square window in pixels, all channels (default 8)");
+  g["stride"] = app.add_option("--stride", f->stride, "occlusion: stride in pixels (default 4)");
+  g["masks"] = app.add_option("--masks", f->masks, "rise: number of random masks (default 2000)");
+  g["cell"] = app.add_option("--cell", f->cell, "rise: mask cell size in pixels (default: a 7x7 grid)");
+  g["keep"] = app.add_option("--keep", f->keep, "rise: probability of keeping a cell (default 0.5)");
+  g["top_k"] = app.add_option("--top-k", f->top_k,
+                              "faster_scorecam: channels kept, a fraction below 1 or a count (default 0.1)");
+  g["gaussian"] = app.add_flag("--gaussian", f->gaussian, "reciprocam: 3x3 Gaussian masks instead of one-hot");
+  g["seed"] = app.add_option("--seed", f->seed, "Random seed: rise, noise tunnel, noise baseline (default 0)");
+  g["memory_budget"] = app.add_option("--memory-budget", f->memory_budget, "Memory for sample batches, e.g. 512M, 2G")
+                           ->capture_default_str();
+}
+
+salient::ExplainSettings method_settings(const MethodFlags& f) {
+  auto given = [&](const char* name) { return f.given.at(name)->count() > 0; };
+  salient::ExplainSettings s;
+  s.layer = f.layer;
+  if (given("score")) s.score = salient::score_from_string(f.score);
+  if (given("n_steps")) s.n_steps = f.n_steps;
+  if (given("integration")) s.integration = salient::integration_from_string(f.integration);
+  if (given("baseline")) {
+    const std::string& b = f.baseline;
+    if (b.size() > 4 && b.substr(b.size() - 4) == ".npy") {
+      at::Tensor t = salient::io::read_npy(b);
+      SALIENT_CHECK(at::isFloatingType(t.scalar_type()), "--baseline '", b, "' must hold floats");
+      s.baseline_tensor = t.to(at::kFloat);
+    } else {
+      s.baseline = b;
+    }
+  }
+  if (given("samples")) s.samples = f.samples;
+  if (given("noise_level")) s.noise_level = f.noise_level;
+  if (given("base")) s.base = f.base;
+  if (given("window")) s.window = f.window;
+  if (given("stride")) s.stride = f.stride;
+  if (given("masks")) s.masks = f.masks;
+  if (given("cell")) s.cell = f.cell;
+  if (given("keep")) s.keep = f.keep;
+  if (given("top_k")) s.top_k = f.top_k;
+  if (given("gaussian")) s.gaussian = f.gaussian;
+  if (given("seed")) s.seed = f.seed;
+  s.memory_budget = parse_bytes(f.memory_budget, "--memory-budget");
+  return s;
+}
+
+nlohmann::json method_params(const std::string& m, const salient::ExplainSettings& s, const std::string& layer,
+                             bool layer_auto) {
+  const bool prob_default = m == "rise" || m == "reciprocam";
+  nlohmann::json p = {{"score", to_string(s.score ? *s.score : prob_default ? salient::Score::Probability
+                                                                           : salient::Score::Logit)}};
+  const salient::MethodInfo& info = salient::method_info(m);
+  if (info.layer) {
+    p["layer"] = layer;
+    p["layer_auto"] = layer_auto;
+  }
+  auto ig = [&](nlohmann::json& j) {
+    salient::IntegratedGradientsOptions d;
+    j["n_steps"] = s.n_steps.value_or(d.n_steps());
+    j["integration"] = salient::to_string(s.integration.value_or(d.integration()));
+    j["baseline"] = s.baseline_tensor.defined() ? "file" : s.baseline.empty() ? "zero" : s.baseline;
+  };
+  if (m == "integrated_gradients") ig(p);
+  if (info.family == "noise tunnel") {
+    salient::SmoothGradOptions d;
+    p["samples"] = s.samples.value_or(d.n_samples());
+    p["noise_level"] = s.noise_level.value_or(d.noise_level());
+    p["seed"] = s.seed.value_or(d.seed());
+    p["base"] = s.base.empty() ? "vanilla" : s.base;
+    if (s.base == "integrated_gradients") ig(p);
+  }
+  if (m == "occlusion" || (info.family == "noise tunnel" && s.base == "occlusion")) {
+    salient::OcclusionOptions d;
+    p["window"] = s.window.value_or(d.window());
+    p["stride"] = s.stride.value_or(d.stride());
+    p["baseline"] = s.baseline.empty() ? "zero" : s.baseline;
+  }
+  if (m == "rise") {
+    salient::RiseOptions d;
+    p["masks"] = s.masks.value_or(d.n_masks());
+    p["cell"] = s.cell.value_or(d.cell());
+    p["keep"] = s.keep.value_or(d.keep());
+    p["seed"] = s.seed.value_or(d.seed());
+  }
+  if (m == "faster_scorecam") p["top_k"] = s.top_k.value_or(salient::FasterScoreCamOptions().top_k());
+  if (m == "reciprocam") p["gaussian"] = s.gaussian.value_or(false);
+  if (s.memory_budget) p["memory_budget"] = *s.memory_budget;
+  return p;
 }
 
 cv::Mat unit_map(const at::Tensor& sample_map, bool cam, const RenderSettings& r) {

@@ -23,6 +23,8 @@ struct DemoArgs {
   std::string data = std::string(SALIENT_SOURCE_DIR) + "/data/demo";
   std::string model = std::string(SALIENT_SOURCE_DIR) + "/models/demo/fashion96.pt";
   std::string out = "out/demo";
+  std::string methods = "vanilla,smoothgrad,gradcam";
+  MethodFlags flags;
 };
 
 struct Item {
@@ -88,12 +90,14 @@ int run_demo(const DemoArgs& a) {
   at::Tensor predicted = probs.argmax(1);
   // The demo explains the true class: the item's place is the right answer.
   salient::Target target = salient::Target::per_sample(targets);
-  MethodSettings settings;
   RenderSettings render;
-  std::map<std::string, salient::Attribution> results;
-  for (const auto& m : kMethods) results[m] = run_method(m, model, x, target, settings);
-  std::cout << "model " << a.model << ", " << items.size() << " images, Grad-CAM layer '"
-            << results["gradcam"].layer << "'\n";
+  std::vector<std::string> methods = parse_methods(a.methods);
+  salient::ExplainSettings settings = method_settings(a.flags);
+  if (methods == std::vector<std::string>{"all"})
+    methods = salient::suitable_methods(model, std::vector<int64_t>(x.sizes().begin() + 1, x.sizes().end()), settings.layer);
+  auto results = salient::explain(model, x, methods, target, settings);
+  std::cout << "model " << a.model << ", " << items.size() << " images, CAM layer '"
+            << (settings.layer.empty() ? model.default_cam_layer(std::vector<int64_t>(x.sizes().begin() + 1, x.sizes().end())) : settings.layer) << "'\n";
 
   std::map<std::string, int> hits;
   int centre_hits = 0, correct = 0;
@@ -109,7 +113,7 @@ int run_demo(const DemoArgs& a) {
     line << std::left << std::setw(24) << fs::path(it.image).filename().string() << std::setw(13)
          << label_of(labels, it.target) << "predicted " << std::setw(13) << label_of(labels, pred) << std::fixed
          << std::setprecision(2) << probs[i][pred].item<double>();
-    for (const auto& m : kMethods) {
+    for (const auto& m : methods) {
       at::Tensor map = results[m].map[i];
       bool cam = is_cam_method(m);
       cv::Mat unit = unit_map(map, cam, render);
@@ -131,10 +135,10 @@ int run_demo(const DemoArgs& a) {
   const double n = static_cast<double>(items.size());
   std::cout << "\naccuracy " << correct << "/" << items.size() << "\n";
   std::cout << "peak inside the item's box (explaining the true class):\n";
-  for (const auto& m : kMethods)
-    std::cout << "  " << std::left << std::setw(12) << m << hits[m] << "/" << items.size() << "  (" << std::fixed
+  for (const auto& m : methods)
+    std::cout << "  " << std::left << std::setw(20) << m << hits[m] << "/" << items.size() << "  (" << std::fixed
               << std::setprecision(0) << 100.0 * hits[m] / n << "%)\n";
-  std::cout << "  " << std::setw(12) << "centre" << centre_hits << "/" << items.size() << "  (" << 100.0 * centre_hits / n
+  std::cout << "  " << std::setw(20) << "centre" << centre_hits << "/" << items.size() << "  (" << 100.0 * centre_hits / n
             << "%)  baseline: the image centre as the peak\n";
   std::cout << "\npanels: " << fs::absolute(a.out).string() << "/*.panel.png, all in "
             << fs::absolute(a.out).string() << "/overview.png\n";
@@ -148,6 +152,8 @@ Runner add_demo(CLI::App& app) {
   app.add_option("--data", a->data, "Demo data directory (manifest.jsonl, labels.txt, images/)")->capture_default_str();
   app.add_option("--model", a->model, "Demo model")->capture_default_str();
   app.add_option("--out,-o", a->out, "Output directory")->capture_default_str();
+  app.add_option("--method", a->methods, "Comma-separated methods, or all")->capture_default_str();
+  add_method_flags(app, &a->flags);
   return [a] { return run_demo(*a); };
 }
 

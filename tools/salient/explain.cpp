@@ -5,6 +5,7 @@
 #include <chrono>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 #include <set>
 
 #include "cli.hpp"
@@ -22,19 +23,14 @@ struct ExplainArgs {
   std::vector<std::string> images;
   std::string input;
   std::string methods = "vanilla,smoothgrad,gradcam";
-  std::string layer;
+  MethodFlags flags;
   std::string target = "predicted";
   std::string targets;
-  std::string score = "logit";
   std::string preset = "imagenet";
   std::string size, mean, std;
   std::string labels;
   std::string out;
   std::string save = "png,npy,json";
-  int64_t n_samples = 20;
-  double noise_level = 0.15;
-  uint64_t seed = 0;
-  std::string memory_budget = "1G";
   std::string colormap = "jet";
   std::string reduce = "max-abs";
   double percentile = 99.5;
@@ -54,31 +50,11 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
-json method_params(const std::string& m, const MethodSettings& s, const std::string& layer, bool layer_auto) {
-  json p = {{"score", to_string(s.score)}};
-  if (m == "smoothgrad") {
-    p["n_samples"] = s.smoothgrad.n_samples();
-    p["noise_level"] = s.smoothgrad.noise_level();
-    p["seed"] = s.smoothgrad.seed();
-    p["memory_budget"] = s.smoothgrad.memory_budget();
-  }
-  if (is_cam_method(m)) {
-    p["layer"] = layer;
-    p["layer_auto"] = layer_auto;
-  }
-  return p;
-}
-
 int run_explain(const ExplainArgs& a) {
   auto t_start = std::chrono::steady_clock::now();
   // Everything the user can get wrong is checked before the first file is written.
-  std::vector<std::string> methods;
-  for (const auto& m : split(a.methods, ',')) {
-    SALIENT_CHECK(std::find(kMethods.begin(), kMethods.end(), m) != kMethods.end(), "--method: unknown method '",
-                  m, "'; available: vanilla, smoothgrad, gradcam");
-    if (std::find(methods.begin(), methods.end(), m) == methods.end()) methods.push_back(m);
-  }
-  SALIENT_CHECK(!methods.empty(), "--method: no method given");
+  std::vector<std::string> methods = parse_methods(a.methods);
+  const bool all = methods == std::vector<std::string>{"all"};
   std::set<std::string> save;
   for (const auto& s : split(a.save, ',')) {
     SALIENT_CHECK(s == "png" || s == "npy" || s == "json", "--save: unknown kind '", s, "'; use png,npy,json");
@@ -87,13 +63,8 @@ int run_explain(const ExplainArgs& a) {
   SALIENT_CHECK(a.images.empty() != a.input.empty(), "give either --image FILE... or --input X.npy");
   SALIENT_CHECK(a.target == "predicted" || a.targets.empty(), "give --target or --targets, not both");
 
-  MethodSettings settings;
-  settings.score = score_from_string(a.score);
-  settings.layer = a.layer;
-  settings.smoothgrad.n_samples(a.n_samples).noise_level(a.noise_level).seed(a.seed).memory_budget(
-      parse_bytes(a.memory_budget, "--memory-budget"));
-  SALIENT_CHECK(a.n_samples >= 1, "--n-samples must be >= 1, got ", a.n_samples);
-  SALIENT_CHECK(a.noise_level >= 0, "--noise-level must be >= 0, got ", a.noise_level);
+  salient::ExplainSettings settings = method_settings(a.flags);
+  salient::check_settings(all ? std::vector<std::string>{"vanilla"} : methods, settings);
   RenderSettings render;
   render.colormap = salient::render::colormap_from_string(a.colormap);
   render.reduce = salient::render::reduce_from_string(a.reduce);
@@ -172,6 +143,9 @@ int run_explain(const ExplainArgs& a) {
   std::map<std::string, std::vector<at::Tensor>> maps;  // method -> per sample [1, ...]
   std::map<std::string, std::vector<double>> times;     // method -> per sample ms
   std::map<std::string, std::string> layer_used;
+  std::map<std::string, std::vector<std::optional<double>>> deltas;  // integrated_gradients
+  std::vector<std::string> shared;
+  json passes = json::object();
   std::vector<double> forward_ms(total);
   for (const auto& g : groups) {
     std::vector<at::Tensor> xs;
@@ -193,37 +167,47 @@ int run_explain(const ExplainArgs& a) {
     // Range-checked here, once, before any method runs.
     salient::Target target = salient::Target::per_sample(group_targets);
     target.resolve(out);
+    const std::vector<int64_t> shape(g.first.begin() + 1, g.first.end());
+    if (all) {
+      methods = salient::suitable_methods(model, shape, settings.layer);
+      salient::check_settings(methods, settings);
+    }
+    bool cam = false;
+    for (const auto& m : methods) cam = cam || salient::method_info(m).layer;
+    if (cam && settings.layer.empty() && layer_used.empty())
+      std::cerr << "CAM methods: using layer '" << model.default_cam_layer(shape)
+                << "' (last module with a spatial 4-D output); pass --layer to choose another\n";
+    salient::ExplainStats stats;
+    auto results = salient::explain(model, x, methods, target, settings, &stats);
     for (const auto& m : methods) {
-      MethodSettings s = settings;
-      if (is_cam_method(m) && s.layer.empty()) {
-        s.layer = model.default_cam_layer(g.first.size() == 4 ? std::vector<int64_t>(g.first.begin() + 1, g.first.end())
-                                                               : g.first);
-        if (!layer_used.count(m))
-          std::cerr << m << ": using layer '" << s.layer
-                    << "' (last module with a spatial 4-D output); pass --layer to choose another\n";
-      }
-      auto tm = std::chrono::steady_clock::now();
-      auto attribution = run_method(m, model, x, target, s);
-      double m_ms = ms_since(tm) / static_cast<double>(g.second.size());
+      const salient::Attribution& attribution = results.at(m);
       layer_used[m] = attribution.layer;
+      const double m_ms = stats.milliseconds[m] / static_cast<double>(g.second.size());
+      maps[m].resize(total);
+      times[m].resize(total);
+      deltas[m].resize(total);
       for (size_t j = 0; j < g.second.size(); ++j) {
         int64_t i = g.second[j];
-        maps[m].resize(total);
-        times[m].resize(total);
         maps[m][i] = attribution.map.narrow(0, static_cast<int64_t>(j), 1);
         times[m][i] = m_ms;
+        if (attribution.delta.defined()) deltas[m][i] = attribution.delta[j].item<double>();
       }
     }
+    shared = stats.shared;
+    passes["forward_samples"] = passes.value("forward_samples", int64_t(0)) + stats.forward_samples;
+    passes["backward_samples"] = passes.value("backward_samples", int64_t(0)) + stats.backward_samples;
   }
 
   // Outputs: all computed; now write.
   json summary;
   summary["model"] = a.model;
   summary["preprocess"] = a.input.empty() ? pre.describe() : "none (tensor input)";
-  summary["score"] = to_string(settings.score);
   summary["methods"] = json::object();
   for (const auto& m : methods)
     summary["methods"][m] = method_params(m, settings, layer_used[m], settings.layer.empty());
+  // Gradient methods asked for together share one forward and at most two backward passes.
+  summary["shared_pass"] = shared;
+  summary["passes"] = passes;
   summary["images"] = json::array();
   auto path_in_out = [&](const std::string& name) { return (fs::path(a.out) / name).string(); };
 
@@ -261,6 +245,8 @@ int run_explain(const ExplainArgs& a) {
       mj["shape"] = maps[m][i].sizes().vec();
       if (save.count("npy")) mj["npy"] = s.stem + "." + m + ".npy";
       img["timings_ms"][m] = times[m][i];
+      // Completeness: sum(attr) - (F(x) - F(x')) for the explained class.
+      if (deltas[m][i]) mj["delta"] = *deltas[m][i];
       cv::Mat view = overlay_map(s.display, maps[m][i][0], is_cam_method(m), render);
       if (save.count("png")) {
         mj["png"] = name + "." + m + ".png";
@@ -297,11 +283,11 @@ Runner add_explain(CLI::App& app) {
   app.add_option("--model,-m", a->model, "TorchScript model file (torch.jit.trace/script output)")->required();
   app.add_option("--image,-i", a->images, "PNG or JPEG image(s)");
   app.add_option("--input", a->input, ".npy float32 [N,C,H,W], already preprocessed");
-  app.add_option("--method", a->methods, "Comma-separated methods: vanilla, smoothgrad, gradcam")->capture_default_str();
-  app.add_option("--layer", a->layer, "Module path for CAM methods (default: automatic; see 'salient layers')");
+  std::string names;
+  for (const auto& m : salient::methods()) names += (names.empty() ? "" : ", ") + m.name;
+  app.add_option("--method", a->methods, "Comma-separated methods, or all: " + names)->capture_default_str();
   app.add_option("--target", a->target, "Class index for every input, or 'predicted'")->capture_default_str();
   app.add_option("--targets", a->targets, "Comma-separated class index per input");
-  app.add_option("--score", a->score, "What is explained: logit or probability (softmax)")->capture_default_str();
   app.add_option("--preset", a->preset, "Preprocessing: imagenet or none")->capture_default_str();
   app.add_option("--size", a->size, "Resize images to HxW (replaces the preset's resize and crop)");
   app.add_option("--mean", a->mean, "Per-channel mean, comma-separated");
@@ -309,10 +295,7 @@ Runner add_explain(CLI::App& app) {
   app.add_option("--labels", a->labels, "Class names, one per line");
   app.add_option("--out,-o", a->out, "Output directory")->required();
   app.add_option("--save", a->save, "What to write: png,npy,json")->capture_default_str();
-  app.add_option("--n-samples,--samples", a->n_samples, "SmoothGrad: noisy samples")->capture_default_str();
-  app.add_option("--noise-level", a->noise_level, "SmoothGrad: noise std / (max - min) of the input")->capture_default_str();
-  app.add_option("--seed", a->seed, "Random seed")->capture_default_str();
-  app.add_option("--memory-budget", a->memory_budget, "Memory for sample batches, e.g. 512M, 2G")->capture_default_str();
+  add_method_flags(app, &a->flags);
   app.add_option("--colormap", a->colormap, "jet, viridis, inferno or turbo")->capture_default_str();
   app.add_option("--reduce", a->reduce, "Channel reduction for gradient maps: max-abs, abs-sum or sum")->capture_default_str();
   app.add_option("--percentile", a->percentile, "Clip gradient maps at this percentile")->capture_default_str();
