@@ -210,6 +210,17 @@ TEST(Render, PanelPlacesEveryCellAtTheRequestedSize) {
   EXPECT_EQ(p.at<cv::Vec3b>(28 + 24 + 100, 8 + 200 + 100), cv::Vec3b(0, 0, 255));
 }
 
+TEST(Render, PanelWrapsCellsIntoRowsWithTheCaptionOnTop) {
+  cv::Mat a(96, 96, CV_8UC3, cv::Scalar(255, 0, 0)), b(96, 96, CV_8UC3, cv::Scalar(0, 0, 255));
+  std::vector<render::Cell> cells(5, {"m", a});
+  cells[3].image = b;  // first cell of the second row
+  cv::Mat p = render::panel(cells, "caption", 96, 3);
+  EXPECT_EQ(p.cols, 8 + 3 * (96 + 8));
+  EXPECT_EQ(p.rows, (28 + 24 + 96 + 8) + (24 + 96 + 8));
+  EXPECT_EQ(p.at<cv::Vec3b>(28 + 24 + 96 + 8 + 24 + 50, 8 + 50), cv::Vec3b(0, 0, 255));
+  EXPECT_EQ(p.at<cv::Vec3b>(28 + 24 + 96 + 8 + 24 + 50, 8 + 2 * 104 + 50), cv::Vec3b(255, 255, 255));  // no 6th cell
+}
+
 TEST(Images, JpegInRgbGrayAndCmykDecodesToRgb) {
   // Fixtures written by PIL: a flat (200, 100, 50) colour, also saved as CMYK; gray 90.
   auto near = [](const cv::Vec3b& a, const cv::Vec3b& b) {

@@ -109,7 +109,7 @@ class Model {
   // Checks that `path` names a tappable module; the error lists the closest names.
   void check_layer(const std::string& path) const;
 
-  // Conv2d modules with a bias and BatchNorm2d modules, tappable, in definition order,
+  // Conv2d and (affine) BatchNorm2d modules with a bias, tappable, in definition order,
   // with the bias each adds to its output; for BatchNorm in eval mode that is
   // bias - running_mean * weight / sqrt(running_var + eps).
   std::vector<BiasLayer> bias_layers() const;

@@ -40,7 +40,8 @@ struct Cell {
   cv::Mat image;  // 8-bit RGB
 };
 // The original beside its heatmaps, each scaled to `cell_size` px, titled; `caption` on top.
-cv::Mat panel(const std::vector<Cell>& cells, const std::string& caption, int cell_size = 224);
+// per_row > 0 wraps the cells into rows of at most per_row (many methods at once).
+cv::Mat panel(const std::vector<Cell>& cells, const std::string& caption, int cell_size = 224, int per_row = 0);
 // pytorch-grad-cam's post-processing of raw CAMs [N,1,h,w] (or [N,h,w]) to [N,H,W] in
 // [0,1], for comparison with its outputs: per image ReLU, min-max with eps 1e-7, bilinear
 // resize (align_corners = false, as cv2.resize), ReLU, min-max again. Maps whose raw

@@ -422,8 +422,7 @@ std::vector<BiasLayer> Model::bias_layers() const {
     at::Tensor mean = tensor_attr(mod->second, "running_mean"), var = tensor_attr(mod->second, "running_var");
     if (!eps || !eps->isDouble() || !mean.defined() || !var.defined()) continue;
     at::Tensor w = tensor_attr(mod->second, "weight"), b = tensor_attr(mod->second, "bias");
-    if (!w.defined()) w = at::ones_like(mean);
-    if (!b.defined()) b = at::zeros_like(mean);
+    if (!w.defined() || !b.defined()) continue;  // affine=False: no bias, as pytorch-grad-cam
     out.push_back({m.first, m.second, b - mean * w / at::sqrt(var + eps->toDouble())});
   }
   return out;

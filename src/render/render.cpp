@@ -119,8 +119,16 @@ void put_text(cv::Mat& img, const std::string& text, int x, int y, double scale)
 
 }  // namespace
 
-cv::Mat panel(const std::vector<Cell>& cells, const std::string& caption, int cell_size) {
+cv::Mat panel(const std::vector<Cell>& cells, const std::string& caption, int cell_size, int per_row) {
   SALIENT_CHECK(!cells.empty(), "render: a panel needs at least one image");
+  if (per_row > 0 && cells.size() > static_cast<size_t>(per_row)) {
+    std::vector<cv::Mat> rows;
+    for (size_t i = 0; i < cells.size(); i += per_row) {
+      std::vector<Cell> part(cells.begin() + i, cells.begin() + std::min(cells.size(), i + per_row));
+      rows.push_back(panel(part, i == 0 ? caption : "", cell_size));
+    }
+    return stack_rows(rows);
+  }
   const int pad = 8, title_h = 24, caption_h = caption.empty() ? 0 : 28;
   std::vector<cv::Mat> fitted;
   int cell_h = 0;

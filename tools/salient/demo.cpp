@@ -125,7 +125,7 @@ int run_demo(const DemoArgs& a) {
     centre_hits += inside(it, {images[i].rows / 2, images[i].cols / 2});
     std::string caption = "true: " + label_of(labels, it.target) + "   predicted: " + label_of(labels, pred) + " (" +
                           std::to_string(static_cast<int>(std::lround(100 * probs[i][pred].item<double>()))) + "%)";
-    cv::Mat panel = salient::render::panel(cells, caption, 192);
+    cv::Mat panel = salient::render::panel(cells, caption, 192, 9);
     std::string name = fs::path(it.image).stem().string() + ".panel.png";
     salient::io::write_png((fs::path(a.out) / name).string(), panel);
     panels.push_back(panel);
@@ -136,9 +136,9 @@ int run_demo(const DemoArgs& a) {
   std::cout << "\naccuracy " << correct << "/" << items.size() << "\n";
   std::cout << "peak inside the item's box (explaining the true class):\n";
   for (const auto& m : methods)
-    std::cout << "  " << std::left << std::setw(20) << m << hits[m] << "/" << items.size() << "  (" << std::fixed
+    std::cout << "  " << std::left << std::setw(22) << m << hits[m] << "/" << items.size() << "  (" << std::fixed
               << std::setprecision(0) << 100.0 * hits[m] / n << "%)\n";
-  std::cout << "  " << std::setw(20) << "centre" << centre_hits << "/" << items.size() << "  (" << 100.0 * centre_hits / n
+  std::cout << "  " << std::setw(22) << "centre" << centre_hits << "/" << items.size() << "  (" << 100.0 * centre_hits / n
             << "%)  baseline: the image centre as the peak\n";
   std::cout << "\npanels: " << fs::absolute(a.out).string() << "/*.panel.png, all in "
             << fs::absolute(a.out).string() << "/overview.png\n";

@@ -260,7 +260,7 @@ int run_explain(const ExplainArgs& a) {
                             std::to_string(static_cast<int>(std::lround(100 * probs[i][predicted[i]].item<double>()))) +
                             "%)   target: " + label_of(labels, targets[i]);
       int cell = std::max(224, std::min(448, s.display.cols));
-      salient::io::write_png(path_in_out(name + ".panel.png"), salient::render::panel(cells, caption, cell));
+      salient::io::write_png(path_in_out(name + ".panel.png"), salient::render::panel(cells, caption, cell, 8));
       img["panel"] = name + ".panel.png";
     }
     summary["images"].push_back(img);
