@@ -57,8 +57,17 @@ struct Row {
   double ratio() const { return method_ms / baseline_ms; }
 };
 
+// --only: rows whose name starts with one of these (empty: all).
+std::vector<std::string> g_only;
+
+bool selected(const std::string& what) {
+  if (g_only.empty()) return true;
+  return std::any_of(g_only.begin(), g_only.end(), [&](const std::string& o) { return what.rfind(o, 0) == 0; });
+}
+
 Row compare(const std::string& model, const std::string& what, const std::string& baseline, double goal,
             const std::function<void()>& method, const std::function<void()>& base, int repeats) {
+  if (!selected(what)) return Row{model, what, baseline, -1, 1, goal};
   for (int i = 0; i < 2; ++i) method(), base();  // warm-up (the profiling executor needs two runs)
   // Small models get more runs: at least about two seconds of baseline time.
   repeats = std::max(repeats, static_cast<int>(2.0 / std::max(1e-4, seconds(base))));
@@ -270,7 +279,8 @@ std::vector<Row> bench_model(const std::string& label, const std::string& path, 
           (timed < 1 + channels ? " (timed on " + std::to_string(timed) + ", scaled)" : ""),
       0.6, [&] { salient::ablationcam(model, x, t); }, [&] { eager_forwards(raw, x, timed, fwd_batch); }, few);
   ab.baseline_ms *= static_cast<double>(1 + channels) / static_cast<double>(timed);
-  std::cout << "  ablationcam baseline scaled to " << ab.baseline_ms << " ms, ratio " << ab.ratio() << "\n";
+  if (ab.method_ms >= 0)
+    std::cout << "  ablationcam baseline scaled to " << ab.baseline_ms << " ms, ratio " << ab.ratio() << "\n";
   rows.push_back(ab);
   rows.push_back(compare(
       label, "reciprocam", std::to_string(1 + positions) + " eager forwards, batches of " + std::to_string(fwd_batch),
@@ -301,9 +311,13 @@ int main(int argc, char** argv) {
     else if (a == "--skip-rss") o.skip_rss = true;
     else if (a == "--rss-child") o.rss_child = true;
     else if (a == "--threads") o.threads = std::stoi(next());
+    else if (a == "--only") {
+      std::stringstream ss(next());
+      for (std::string item; std::getline(ss, item, ',');) g_only.push_back(item);
+    }
     else {
       std::cerr << "usage: salient_bench [--models DIR] [--demo MODEL] [--markdown FILE] [--repeats K] "
-                   "[--rss-samples N] [--skip-rss] [--threads N]\n";
+                   "[--rss-samples N] [--skip-rss] [--threads N] [--only ROW,...]\n";
       return 2;
     }
   }
@@ -365,7 +379,7 @@ int main(int argc, char** argv) {
          << "| model | method | method ms | baseline | baseline ms | ratio | goal |\n"
          << "|---|---|---:|---|---:|---:|---:|\n";
       for (const auto& r : rows)
-        md << "| " << r.model << " | " << r.what << " | " << std::fixed << std::setprecision(1) << r.method_ms << " | "
+        if (r.method_ms >= 0) md << "| " << r.model << " | " << r.what << " | " << std::fixed << std::setprecision(1) << r.method_ms << " | "
            << r.baseline << " | " << r.baseline_ms << " | " << std::setprecision(3) << r.ratio() << " | <= "
            << std::setprecision(2) << r.goal << " |\n";
       if (!o.skip_rss) {

@@ -1,7 +1,9 @@
 #include <nlohmann/json.hpp>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <sstream>
 
 #include "helpers.hpp"
@@ -57,6 +59,11 @@ const Reference& reference() {
   if (it == ref.tol.end()) return ::testing::AssertionFailure() << "no tolerance for " << name;
   auto r = close(ours, ref[name], it->second.first, it->second.second);
   if (!r) r << " [" << name << "]";
+  // SALIENT_PARITY_REPORT=1 prints each comparison's worst gap, for release notes.
+  if (std::getenv("SALIENT_PARITY_REPORT") && ours.sizes() == ref[name].sizes())
+    std::cout << "parity " << name << " max|ours-ref| "
+              << (ours.to(at::kDouble) - ref[name].to(at::kDouble)).abs().max().item<double>() << " atol "
+              << it->second.first << "\n";
   return r;
 }
 

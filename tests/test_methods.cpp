@@ -546,3 +546,23 @@ TEST(Explain, UnknownNamesAndBadSettingsAreErrorsBeforeAnythingRuns) {
   EXPECT_EQ(std::count(few.begin(), few.end(), "fullgrad"), 0);
   EXPECT_EQ(std::count(few.begin(), few.end(), "integrated_gradients"), 1);
 }
+
+TEST(EigenCam, ProjectionEqualsTheSvdsFirstComponentWhetherPositionsOrChannelsAreFewer) {
+  const int64_t c = 16;
+  auto model = Model::from_module(one_conv_model(at::randn({c, 2, 3, 3}), at::randn({c}), at::randn({3, c})), "conv");
+  for (int64_t side : {5, 10}) {  // 3x3 = 9 positions < 16 channels; 8x8 = 64 > 16
+    at::Tensor x = at::randn({2, 2, side, side});
+    auto a = salient::eigencam(model, x, Target::index(0), salient::EigenCamOptions().layer("conv"));
+    at::Tensor act = model.forward(x, {"conv"}).taps[0].to(at::kDouble);
+    const int64_t hw = (side - 2) * (side - 2);
+    for (int64_t i = 0; i < 2; ++i) {
+      at::Tensor rows = act[i].reshape({c, hw}).t();
+      rows = rows - rows.mean(0, true);
+      at::Tensor v = std::get<2>(at::linalg_svd(rows, false))[0];
+      at::Tensor expected = at::matmul(rows, v);
+      at::Tensor ours = a.raw[i].flatten().to(at::kDouble);
+      if ((ours * expected).sum().item<double>() < 0) expected = -expected;
+      EXPECT_TRUE(close(ours, expected, 1e-5 * expected.abs().max().item<double>(), 1e-4)) << side << " " << i;
+    }
+  }
+}

@@ -22,24 +22,41 @@ bool any_of(const std::vector<std::string>& methods, const std::set<std::string>
   return std::any_of(methods.begin(), methods.end(), [&](const std::string& m) { return set.count(m) > 0; });
 }
 
+// Top eigenvector of symmetric PSD matrices g [N,k,k] (double): repeated squaring in
+// float (g^256, renormalised each time) isolates the top eigendirection in eight k x k
+// matmuls; its largest column, refined by power steps in double, is the eigenvector.
+// Much cheaper than an eigendecomposition or SVD for the one vector needed; a top
+// eigenvalue shared by two directions has no unique eigenvector under any method.
+at::Tensor top_eigenvector(const at::Tensor& g) {
+  auto unit = [](const at::Tensor& t, at::IntArrayRef dims) {
+    return t / t.norm(2, dims, /*keepdim=*/true).clamp_min(1e-30);
+  };
+  at::Tensor p = unit(g.to(at::kFloat), {1, 2});
+  for (int i = 0; i < 8; ++i) p = unit(at::bmm(p, p), {1, 2});
+  at::Tensor col = p.norm(2, {1}).argmax(1);                                                     // [N]
+  at::Tensor v = p.gather(2, col.view({-1, 1, 1}).expand({-1, p.size(1), 1})).to(at::kDouble);  // [N,k,1]
+  for (int i = 0; i < 4; ++i) v = unit(at::bmm(g, v), {1});
+  return v.squeeze(2);  // [N,k], unit length (zero for a zero matrix)
+}
+
 // First principal component of the positions: [N,C,h,w] -> [N,1,h,w], signed so that the
 // map correlates positively with the channel mean of `m`. The projection M v1 of the
 // centred [hw, C] matrix M on its first right singular vector comes from the smaller Gram
-// matrix (M M^T or M^T M, in double, all samples in one batched eigh), which is several
-// times cheaper than an SVD per sample on small maps.
+// matrix (M M^T or M^T M, in double).
 at::Tensor principal_projection(const at::Tensor& m) {
   const int64_t n = m.size(0), c = m.size(1), h = m.size(2), w = m.size(3);
   at::Tensor rows = m.reshape({n, c, h * w}).transpose(1, 2).to(at::kDouble);  // [N, hw, C]
   rows = rows - rows.mean(1, /*keepdim=*/true);
   at::Tensor proj;
   if (h * w <= c) {
-    // M M^T = U S^2 U^T and M v1 = s1 u1.
-    auto eig = at::linalg_eigh(at::bmm(rows, rows.transpose(1, 2)));
-    at::Tensor lambda = std::get<0>(eig).select(1, h * w - 1).clamp_min(0);  // ascending order
-    proj = std::get<1>(eig).select(2, h * w - 1) * lambda.sqrt().unsqueeze(1);
+    // M M^T = U S^2 U^T and M v1 = s1 u1, s1^2 the Rayleigh quotient of u1.
+    at::Tensor gram = at::bmm(rows, rows.transpose(1, 2));
+    at::Tensor u = top_eigenvector(gram);
+    at::Tensor s2 = (u * at::bmm(gram, u.unsqueeze(2)).squeeze(2)).sum(1, /*keepdim=*/true).clamp_min(0);
+    proj = u * s2.sqrt();
   } else {
-    auto eig = at::linalg_eigh(at::bmm(rows.transpose(1, 2), rows));
-    proj = at::bmm(rows, std::get<1>(eig).select(2, c - 1).unsqueeze(2)).squeeze(2);  // [N, hw]
+    at::Tensor v = top_eigenvector(at::bmm(rows.transpose(1, 2), rows));
+    proj = at::bmm(rows, v.unsqueeze(2)).squeeze(2);  // [N, hw]
   }
   at::Tensor mean_map = m.mean(1).reshape({n, h * w}).to(at::kDouble);
   at::Tensor corr = (proj * (mean_map - mean_map.mean(1, /*keepdim=*/true))).sum(1, /*keepdim=*/true);
@@ -47,11 +64,18 @@ at::Tensor principal_projection(const at::Tensor& m) {
   return proj.to(m.scalar_type()).reshape({n, 1, h, w});
 }
 
-// (t - min) / (max - min + 1e-7) over the spatial positions of each (sample, channel).
-at::Tensor minmax_per_channel(const at::Tensor& t) {
-  at::Tensor flat = t.flatten(2);
-  flat = flat - flat.amin(2, /*keepdim=*/true);
-  return (flat / (flat.amax(2, /*keepdim=*/true) + 1e-7)).view_as(t);
+// Σ_c (t_c - min t_c) / (max t_c - min t_c + 1e-7), min and max over the positions of
+// each (sample, channel): [N,C,h,w] -> [N,1,h,w]. Written as a weighted channel sum
+// (one min/max pass and one matrix product over t) because FullGrad runs it over every
+// bias layer's output.
+at::Tensor minmax_channel_sum(const at::Tensor& t) {
+  const int64_t n = t.size(0), h = t.size(2), w = t.size(3);
+  at::Tensor flat = t.reshape({n, t.size(1), h * w});
+  auto range = at::aminmax(flat, 2);
+  const at::Tensor& lo = std::get<0>(range);
+  at::Tensor inv = 1.0 / (std::get<1>(range) - lo + 1e-7);  // [N,C]
+  at::Tensor sum = at::bmm(inv.unsqueeze(1), flat).squeeze(1) - (lo * inv).sum(1, /*keepdim=*/true);
+  return sum.view({n, 1, h, w});
 }
 
 // The raw CAM [N,1,h,w] of a gradient variant; *weights gets [N,C] channel weights for
@@ -171,14 +195,14 @@ Attribution from_gradient_pass(const GradientPass& p, const std::string& method)
   } else if (method == "guided_backprop") {
     a.map = p.guided_grad;
   } else if (method == "fullgrad") {
-    at::Tensor map = minmax_per_channel((p.x * p.input_grad).abs()).sum(1, /*keepdim=*/true);
+    at::Tensor map = minmax_channel_sum((p.x * p.input_grad).abs_());
     // Bilinear resizing is linear: the terms of one resolution (channels and layers) are
     // summed first and resized once.
     std::map<std::pair<int64_t, int64_t>, at::Tensor> by_size;
     for (size_t i = 0; i < p.bias_layers.size(); ++i) {
       const at::Tensor& g = p.bias_grads[i];
       if (!g.defined() || g.dim() != 4 || g.size(1) != p.bias_layers[i].bias.numel()) continue;
-      at::Tensor term = minmax_per_channel((p.bias_layers[i].bias.view({1, -1, 1, 1}) * g).abs()).sum(1, true);
+      at::Tensor term = minmax_channel_sum((p.bias_layers[i].bias.view({1, -1, 1, 1}) * g).abs_());
       at::Tensor& acc = by_size[{g.size(2), g.size(3)}];
       acc = acc.defined() ? acc + term : term;
     }
