@@ -319,3 +319,67 @@ TEST(Cli, BadMethodSettingsAreOneLineErrors) {
   expect_bad_input(run + "--method all,vanilla", dir + "/o9", "'all' cannot be combined");
   expect_bad_input(run + "--method integrated_gradients --integration simpson", dir + "/o10", "unknown integration 'simpson'");
 }
+
+TEST(Cli, EvaluateWritesSummaryTablesPerImageLinesAndPlots) {
+  std::string dir = temp_dir("cli_evaluate");
+  salient::io::write_npy(dir + "/x.npy", reference()["input"].narrow(0, 0, 3));
+  {
+    std::ofstream m(dir + "/manifest.jsonl");
+    m << "{\"input\": \"x.npy\", \"index\": 0, \"target\": 0, \"box\": [10, 10, 30, 40]}\n"
+      << "{\"input\": \"x.npy\", \"index\": 1, \"box\": [0, 0, 63, 63]}\n"
+      << "\n"
+      << "{\"input\": \"x.npy\", \"index\": 2, \"target\": 2, \"box\": [40, 40, 50, 50]}\n";
+  }
+  std::string out = dir + "/out";
+  CliRun r = salient_cli("evaluate --model " + ref_model() + " --data " + dir +
+                         "/manifest.jsonl --methods gradcam,vanilla --metrics deletion,insertion,pointing,energy,sanity "
+                         "--step 0.1 --sanity-images 2 --out " + out);
+  ASSERT_EQ(r.code, 0) << r.out;
+  std::ifstream f(out + "/summary.json");
+  auto s = nlohmann::json::parse(f);
+  for (const char* m : {"gradcam", "vanilla"}) {
+    for (const char* k : {"deletion", "insertion", "pointing", "energy"}) {
+      ASSERT_TRUE(s[m].contains(k)) << m << " " << k;
+      EXPECT_EQ(s[m][k]["n"], 3) << m << " " << k;
+    }
+    EXPECT_EQ(s[m]["sanity_spearman_abs"]["n"], 2);
+    const double p = s[m]["pointing"]["mean"].get<double>();
+    EXPECT_TRUE(p == 0.0 || std::abs(p - 1.0 / 3) < 1e-9 || std::abs(p - 2.0 / 3) < 1e-9 || p == 1.0) << p;
+  }
+  // The second image's box is the whole input: every map points into it.
+  std::ifstream pi(out + "/per_image.jsonl");
+  std::vector<nlohmann::json> rows;
+  for (std::string line; std::getline(pi, line);) rows.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_EQ(rows[1]["methods"]["gradcam"]["pointing"], 1.0);
+  EXPECT_NEAR(rows[1]["methods"]["gradcam"]["energy"].get<double>(), 1.0, 1e-12);
+  EXPECT_EQ(rows[0]["target"], 0);
+  // Deletion AUC in the CLI equals the library's on the same map.
+  Model model = Model::load(ref_model());
+  at::Tensor x = reference()["input"].narrow(0, 2, 1);
+  auto cam = salient::gradcam(model, x, Target::index(2));
+  auto del = salient::deletion(model, x, cam.map, Target::index(2), salient::PerturbationCurveOptions().step_fraction(0.1));
+  EXPECT_NEAR(rows[2]["methods"]["gradcam"]["deletion"].get<double>(), del.auc[0].item<double>(), 1e-6);
+  for (const char* file : {"summary.md", "summary.csv", "deletion.png", "insertion.png", "sanity.png", "sanity.json"})
+    EXPECT_TRUE(fs::exists(out + "/" + file)) << file;
+  EXPECT_EQ(salient::io::read_image(out + "/deletion.png").cols, 720);
+}
+
+TEST(Cli, EvaluateRejectsBadManifestsWithOneLine) {
+  std::string dir = temp_dir("cli_evaluate_bad");
+  salient::io::write_npy(dir + "/x.npy", reference()["input"].narrow(0, 0, 1));
+  auto manifest = [&](const std::string& name, const std::string& text) {
+    std::ofstream(dir + "/" + name) << text;
+    return dir + "/" + name;
+  };
+  std::string run = "evaluate --model " + ref_model() + " --methods gradcam --data ";
+  expect_bad_input(run + manifest("a.jsonl", "{\"index\": 0}\n"), dir + "/o1", "a.jsonl:1: needs \"image\" or \"input\"");
+  expect_bad_input(run + manifest("b.jsonl", "{\"input\": \"x.npy\"}\nnot json\n"), dir + "/o2", "b.jsonl:2: not a JSON object");
+  expect_bad_input(run + manifest("c.jsonl", "{\"input\": \"x.npy\"}\n") + " --metrics pointing", dir + "/o3",
+                   "need a \"box\" or \"mask\"");
+  expect_bad_input(run + manifest("d.jsonl", "{\"input\": \"x.npy\", \"box\": [0, 0, 64, 10]}\n") + " --metrics pointing",
+                   dir + "/o4", "is not inside the 64x64 model input");
+  expect_bad_input(run + manifest("e.jsonl", "{\"input\": \"x.npy\", \"index\": 3}\n"), dir + "/o5", "index 3 out of range");
+  expect_bad_input(run + manifest("f.jsonl", "{\"input\": \"x.npy\"}\n") + " --metrics faithfulness", dir + "/o6",
+                   "unknown metric 'faithfulness'");
+}

@@ -114,6 +114,17 @@ class Model {
   // bias - running_mean * weight / sqrt(running_var + eps).
   std::vector<BiasLayer> bias_layers() const;
 
+  // The top-level modules owning parameters, split into their parameter-owning children
+  // until there are at least `min_blocks` (or nothing splits further), in definition
+  // order: conv1, bn1, layer1 ... layer4, fc for a torchvision ResNet; features.0,
+  // features.1, ..., fc for a Sequential of conv/BN plus a Linear. The blocks a cascading
+  // randomisation walks through.
+  std::vector<std::string> parameter_blocks(size_t min_blocks = 4) const;
+  // A copy whose parameters under the given module paths are re-drawn from a Gaussian with
+  // each tensor's own mean and standard deviation, module i from seed + i (so a list that
+  // grows at its end keeps its earlier draws). This model is left untouched.
+  Model randomized(const std::vector<std::string>& modules, uint64_t seed) const;
+
   // Input channels of the first convolution or linear layer, or -1 when unknown.
   int64_t input_channels() const;
   // Estimated bytes one sample of shape [C, H, W] needs for a forward and backward;

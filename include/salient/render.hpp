@@ -48,6 +48,14 @@ cv::Mat panel(const std::vector<Cell>& cells, const std::string& caption, int ce
 // values are all <= 0 come out as zeros.
 at::Tensor pytorch_grad_cam_scale(const at::Tensor& raw, int64_t height, int64_t width);
 
+// A line plot (8-bit RGB): one coloured line per series, axes with ticks, a legend.
+struct Series {
+  std::string name;
+  std::vector<double> x, y;
+};
+cv::Mat plot(const std::vector<Series>& series, const std::string& title, const std::string& x_label,
+             const std::string& y_label, int width = 720, int height = 440);
+
 // Stacks panels vertically (padding widths), e.g. for a contact sheet.
 cv::Mat stack_rows(const std::vector<cv::Mat>& rows);
 

@@ -1,5 +1,7 @@
 #include "salient/model.hpp"
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <torch/csrc/jit/ir/constants.h>
 #include <torch/csrc/jit/runtime/interpreter.h>
 #include <torch/script.h>
@@ -194,6 +196,65 @@ Model Model::from_module(const torch::jit::Module& module, const std::string& na
                 "' has no forward method");
   impl->init();
   return Model(impl);
+}
+
+std::vector<std::string> Model::parameter_blocks(size_t min_blocks) const {
+  // Start from the top-level modules owning parameters; while there are too few, split
+  // every block that has parameter-owning children into them (in order).
+  using Block = std::pair<std::string, torch::jit::Module>;
+  auto owning_children = [](const Block& b) {
+    std::vector<Block> out;
+    for (const auto& c : b.second.named_children())
+      if (c.value.parameters(/*recurse=*/true).size() > 0)
+        out.emplace_back(b.first.empty() ? c.name : b.first + "." + c.name, c.value);
+    return out;
+  };
+  std::vector<Block> blocks = owning_children({"", impl_->module});
+  while (blocks.size() < min_blocks) {
+    std::vector<Block> next;
+    bool split = false;
+    for (const auto& b : blocks) {
+      auto kids = owning_children(b);
+      if (kids.empty()) {
+        next.push_back(b);
+      } else {
+        next.insert(next.end(), kids.begin(), kids.end());
+        split = true;
+      }
+    }
+    if (!split) break;
+    blocks = std::move(next);
+  }
+  std::vector<std::string> names;
+  for (const auto& b : blocks) names.push_back(b.first);
+  return names;
+}
+
+Model Model::randomized(const std::vector<std::string>& modules, uint64_t seed) const {
+  torch::jit::Module copy = impl_->module.clone();
+  std::map<std::string, torch::jit::Module> by_path;
+  for (const auto& nm : copy.named_modules()) by_path.emplace(nm.name, nm.value);
+  at::NoGradGuard no_grad;
+  for (size_t i = 0; i < modules.size(); ++i) {
+    const std::string& path = modules[i];
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed + i);
+    auto it = by_path.find(path);
+    SALIENT_CHECK(it != by_path.end(), "randomized: model '", impl_->name, "' has no module '", path, "'");
+    for (torch::jit::Module sub : it->second.modules()) {
+      std::vector<std::pair<std::string, at::Tensor>> params;
+      for (const auto& p : sub.named_parameters(/*recurse=*/false)) params.emplace_back(p.name, p.value);
+      for (const auto& p : params) {
+        at::Tensor v = p.second.detach();
+        const double mean = v.numel() > 0 ? v.mean().item<double>() : 0.0;
+        const double sd = v.numel() > 1 ? v.std(/*unbiased=*/false).item<double>() : 0.0;
+        // A new tensor for the copy: the original model's parameters are never written.
+        at::Tensor fresh = at::randn(v.sizes(), gen, v.options()) * sd + mean;
+        sub.register_parameter(p.first, fresh, /*is_buffer=*/false);
+      }
+    }
+  }
+  Model m = from_module(copy, impl_->name + " (randomized)");
+  return m;
 }
 
 void Model::check_layer(const std::string& path) const {

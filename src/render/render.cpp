@@ -4,6 +4,8 @@
 #include <opencv2/imgproc.hpp>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdio>
 
 #include "salient/error.hpp"
 
@@ -174,6 +176,64 @@ cv::Mat stack_rows(const std::vector<cv::Mat>& rows) {
   for (const auto& r : rows) {
     r.copyTo(out(cv::Rect(0, y, r.cols, r.rows)));
     y += r.rows;
+  }
+  return out;
+}
+
+cv::Mat plot(const std::vector<Series>& series, const std::string& title, const std::string& x_label,
+             const std::string& y_label, int width, int height) {
+  SALIENT_CHECK(!series.empty(), "render: nothing to plot");
+  double x0 = 1e300, x1 = -1e300, y0 = 1e300, y1 = -1e300;
+  for (const auto& s : series) {
+    SALIENT_CHECK(s.x.size() == s.y.size(), "render: series '", s.name, "' has ", s.x.size(), " x and ", s.y.size(),
+                  " y values");
+    for (size_t i = 0; i < s.x.size(); ++i) {
+      if (!std::isfinite(s.x[i]) || !std::isfinite(s.y[i])) continue;
+      x0 = std::min(x0, s.x[i]), x1 = std::max(x1, s.x[i]), y0 = std::min(y0, s.y[i]), y1 = std::max(y1, s.y[i]);
+    }
+  }
+  if (x0 > x1) x0 = 0, x1 = 1;
+  if (y0 > y1) y0 = 0, y1 = 1;
+  if (x1 - x0 < 1e-12) x1 = x0 + 1;
+  if (y1 - y0 < 1e-12) y1 = y0 + 1;
+  const double ypad = 0.05 * (y1 - y0);
+  y0 -= ypad, y1 += ypad;
+  const int left = 64, right = 190, top = 36, bottom = 48;
+  const int pw = width - left - right, ph = height - top - bottom;
+  cv::Mat out(height, width, CV_8UC3, cv::Scalar(255, 255, 255));
+  auto px = [&](double x) { return left + static_cast<int>(std::lround((x - x0) / (x1 - x0) * pw)); };
+  auto py = [&](double y) { return top + ph - static_cast<int>(std::lround((y - y0) / (y1 - y0) * ph)); };
+  const cv::Scalar axis(60, 60, 60), grid(225, 225, 225);
+  for (int t = 0; t <= 4; ++t) {
+    const double xv = x0 + (x1 - x0) * t / 4, yv = y0 + (y1 - y0) * t / 4;
+    cv::line(out, {px(xv), top}, {px(xv), top + ph}, grid, 1);
+    cv::line(out, {left, py(yv)}, {left + pw, py(yv)}, grid, 1);
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), "%.3g", xv);
+    put_text(out, buf, px(xv) - 12, top + ph + 18, 0.4);
+    std::snprintf(buf, sizeof(buf), "%.3g", yv);
+    put_text(out, buf, 6, py(yv) + 4, 0.4);
+  }
+  cv::rectangle(out, {left, top}, {left + pw, top + ph}, axis, 1);
+  put_text(out, title, left, 22, 0.55);
+  put_text(out, x_label, left + pw / 2 - 4 * static_cast<int>(x_label.size()), height - 10, 0.45);
+  put_text(out, y_label, 6, top - 8, 0.4);
+  // Distinct colours (RGB), cycled with a dash pattern after the first ten.
+  static const cv::Scalar colours[] = {{31, 119, 180}, {255, 127, 14}, {44, 160, 44}, {214, 39, 40},
+                                       {148, 103, 189}, {140, 86, 75},  {227, 119, 194}, {127, 127, 127},
+                                       {188, 189, 34},  {23, 190, 207}};
+  for (size_t k = 0; k < series.size(); ++k) {
+    const cv::Scalar c = colours[k % 10];
+    const bool dashed = (k / 10) % 2 == 1;
+    const auto& s = series[k];
+    for (size_t i = 1; i < s.x.size(); ++i) {
+      if (dashed && i % 2 == 0) continue;
+      if (!std::isfinite(s.y[i - 1]) || !std::isfinite(s.y[i])) continue;
+      cv::line(out, {px(s.x[i - 1]), py(s.y[i - 1])}, {px(s.x[i]), py(s.y[i])}, c, 2, cv::LINE_AA);
+    }
+    const int ly = top + 8 + 16 * static_cast<int>(k);
+    cv::line(out, {left + pw + 10, ly}, {left + pw + 30, ly}, c, 2, cv::LINE_AA);
+    put_text(out, s.name, left + pw + 36, ly + 4, 0.38);
   }
   return out;
 }

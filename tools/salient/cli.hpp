@@ -18,12 +18,17 @@ using Runner = std::function<int()>;
 Runner add_explain(CLI::App& app);
 Runner add_layers(CLI::App& app);
 Runner add_demo(CLI::App& app);
+Runner add_evaluate(CLI::App& app);
 
 std::vector<std::string> split(const std::string& s, char sep);
 std::vector<int64_t> parse_dims(const std::string& s, const char* flag);  // "3x224x224"
 int64_t parse_int(const std::string& s, const char* flag);
 std::vector<float> parse_floats(const std::string& s, const char* flag);
 int64_t parse_bytes(const std::string& s, const char* flag);             // "1G", "512M", "1048576"
+
+// --preset, --size HxW (replaces the preset's resize and crop), --mean, --std.
+salient::io::Preprocess preprocess_from_flags(const std::string& preset, const std::string& size,
+                                             const std::string& mean, const std::string& std);
 
 // Creates `dir` if needed and proves that it is writable (no files left behind).
 void ensure_writable_dir(const std::string& dir);

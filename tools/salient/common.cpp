@@ -82,6 +82,20 @@ int64_t parse_bytes(const std::string& s, const char* flag) {
   return static_cast<int64_t>(v * mult);
 }
 
+salient::io::Preprocess preprocess_from_flags(const std::string& preset, const std::string& size,
+                                             const std::string& mean, const std::string& std) {
+  salient::io::Preprocess pre = salient::io::Preprocess::preset(preset);
+  if (!size.empty()) {
+    auto hw = parse_dims(size, "--size");
+    SALIENT_CHECK(hw.size() == 2, "--size: expected HxW, got '", size, "'");
+    pre.size_h = static_cast<int>(hw[0]), pre.size_w = static_cast<int>(hw[1]);
+    pre.resize_shorter = pre.crop_h = pre.crop_w = 0;
+  }
+  if (!mean.empty()) pre.mean = parse_floats(mean, "--mean");
+  if (!std.empty()) pre.std = parse_floats(std, "--std");
+  return pre;
+}
+
 void ensure_writable_dir(const std::string& dir) {
   std::error_code ec;
   fs::create_directories(dir, ec);

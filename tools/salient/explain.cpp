@@ -73,15 +73,7 @@ int run_explain(const ExplainArgs& a) {
   SALIENT_CHECK(a.percentile > 0 && a.percentile <= 100, "--percentile must be in (0, 100]");
   SALIENT_CHECK(a.alpha >= 0 && a.alpha <= 1, "--alpha must be in [0, 1]");
 
-  salient::io::Preprocess pre = salient::io::Preprocess::preset(a.preset);
-  if (!a.size.empty()) {
-    auto hw = parse_dims(a.size, "--size");
-    SALIENT_CHECK(hw.size() == 2, "--size: expected HxW, got '", a.size, "'");
-    pre.size_h = static_cast<int>(hw[0]), pre.size_w = static_cast<int>(hw[1]);
-    pre.resize_shorter = pre.crop_h = pre.crop_w = 0;
-  }
-  if (!a.mean.empty()) pre.mean = parse_floats(a.mean, "--mean");
-  if (!a.std.empty()) pre.std = parse_floats(a.std, "--std");
+  salient::io::Preprocess pre = preprocess_from_flags(a.preset, a.size, a.mean, a.std);
   std::vector<std::string> labels;
   if (!a.labels.empty()) labels = salient::io::read_labels(a.labels);
 

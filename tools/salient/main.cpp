@@ -26,6 +26,8 @@ int main(int argc, char** argv) {
   add("explain", "Explain the predictions of a TorchScript model on images or a tensor",
       salient::cli::add_explain);
   add("layers", "List a model's layers with their output shapes", salient::cli::add_layers);
+  add("evaluate", "Measure methods: deletion/insertion AUC, pointing game, sanity checks",
+      salient::cli::add_evaluate);
   add("demo", "Explain the bundled demo model on its sample images", salient::cli::add_demo);
   try {
     app.parse(argc, argv);

@@ -1,0 +1,119 @@
+#pragma once
+// Numbers that tell a faithful map from a pretty one. Definitions and citations:
+// docs/metrics.md.
+//
+//   auto a = salient::gradcam(model, x);                       // x [N,C,H,W]
+//   auto del = salient::deletion(model, x, a.map, salient::Target::per_sample(...));
+//   del.auc            // [N], lower is better: the score falls fast when the top pixels go
+//   auto ins = salient::insertion(model, x, a.map, target);   // higher is better
+//   bool hit = salient::pointing_hit(a.map[0], {x0, y0, x1, y1});
+//   double e = salient::energy_in_box(a.map[0], {x0, y0, x1, y1});
+//
+// Maps may be [N,1,H,W] or [N,C,H,W] (channels reduced as `reduce` says) at the input's
+// resolution. Perturbation curves run forward-only in batches, on the frozen inference
+// graph by default.
+#include <ATen/core/Tensor.h>
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "salient/attribution.hpp"
+#include "salient/model.hpp"
+#include "salient/options.hpp"
+#include "salient/target.hpp"
+
+namespace salient {
+
+// Per-pixel saliency from a map's channels.
+enum class ChannelReduce {
+  MaxAbs,  // max |m_c| (how gradient maps are drawn; default)
+  Sum,     // Σ m_c (signed evidence, e.g. Integrated Gradients)
+  AbsSum,  // Σ |m_c|
+};
+ChannelReduce channel_reduce_from_string(const std::string& s);  // max-abs | sum | abs-sum
+// [N,C,H,W] or [N,1,H,W] (or [C,H,W]) -> [N,H,W].
+at::Tensor pixel_saliency(const at::Tensor& map, ChannelReduce reduce = ChannelReduce::MaxAbs);
+
+// What replaces a deleted pixel.
+enum class Substrate {
+  Zero,  // 0 in the model's (normalised) input space (default)
+  Blur,  // the Gaussian-blurred image (kernel 11, sigma 5)
+  Mean,  // the image's per-channel mean
+};
+Substrate substrate_from_string(const std::string& s);  // zero | blur | mean
+
+struct PerturbationCurveOptions {
+  SALIENT_ARG(double, step_fraction) = 0.01;  // pixels changed per step, as a fraction of H*W
+  SALIENT_ARG(int64_t, step_pixels) = 0;      // > 0: pixels per step (RISE used 224 at 224x224)
+  SALIENT_ARG(Substrate, substrate) = Substrate::Zero;  // deletion only
+  SALIENT_ARG(ChannelReduce, reduce) = ChannelReduce::MaxAbs;
+  SALIENT_ARG(Score, score) = Score::Probability;
+  SALIENT_ARG(int64_t, memory_budget) = int64_t(1) << 30;
+  SALIENT_ARG(bool, optimized) = true;  // frozen, inference-optimised graph
+};
+
+struct Curve {
+  at::Tensor fraction;  // [S+1] share of pixels changed, 0 ... 1
+  at::Tensor scores;    // [N, S+1] score of the target after each step
+  at::Tensor auc;       // [N] trapezoid area under scores over fraction
+  at::Tensor targets;   // [N] class per sample
+  int64_t forward_samples = 0;
+};
+
+// Deletion (Petsiuk et al. 2018): pixels, most salient first (ties in raster order), are
+// replaced by the substrate over all channels; lower AUC = more faithful.
+Curve deletion(const Model& model, const at::Tensor& x, const at::Tensor& map, const Target& target = Target::predicted(),
+               const PerturbationCurveOptions& options = {});
+// Insertion: the same pixels are revealed, most salient first, on a blurred copy of the
+// image (kernel 11, sigma 5); higher AUC = more faithful.
+Curve insertion(const Model& model, const at::Tensor& x, const at::Tensor& map,
+                const Target& target = Target::predicted(), const PerturbationCurveOptions& options = {});
+
+// A box in pixels of the model input, inclusive: x0 <= x <= x1, y0 <= y <= y1.
+using Box = std::array<int64_t, 4>;
+
+// Pointing game (Zhang et al. 2016): is the map's maximum within `tolerance` pixels of the
+// box? tolerance < 0 means 15 px scaled to the map's size (15 * sqrt(H*W) / 224). A
+// constant map has no maximum to point with and counts as a miss. One sample's map:
+// [C,H,W] or [H,W]; `mask` variants take a [H,W] mask (non-zero = object).
+bool pointing_hit(const at::Tensor& map, const Box& box, double tolerance = -1,
+                  ChannelReduce reduce = ChannelReduce::MaxAbs);
+bool pointing_hit_mask(const at::Tensor& map, const at::Tensor& mask, double tolerance = -1,
+                       ChannelReduce reduce = ChannelReduce::MaxAbs);
+// Energy-based pointing game (Wang et al. 2020, Score-CAM): share of the map's
+// non-negative part inside the box; 0 for a map with no positive value.
+double energy_in_box(const at::Tensor& map, const Box& box, ChannelReduce reduce = ChannelReduce::MaxAbs);
+double energy_in_mask(const at::Tensor& map, const at::Tensor& mask, ChannelReduce reduce = ChannelReduce::MaxAbs);
+
+// Spearman rank correlation of two maps' values (ties get their mean rank); 0 when either
+// is constant.
+double spearman(const at::Tensor& a, const at::Tensor& b);
+// SSIM (Wang et al. 2004) of two [H,W] maps, each min-max normalised to [0,1] first
+// (Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, data range 1).
+double ssim(const at::Tensor& a, const at::Tensor& b);
+
+// Sanity check by cascading model-parameter randomisation (Adebayo et al. 2018): the
+// blocks of Model::parameter_blocks are re-drawn one by one from the output downwards on
+// copies of the model, and after each step every sample's map is compared with the
+// original model's map for the same class: Spearman rank correlation of the maps'
+// magnitudes (max-abs over channels) and of their signed values (sum over channels), and
+// SSIM of the magnitudes. A method that explains the model decorrelates; one that mostly
+// reflects the image (guided backprop, known result) stays similar.
+using ExplainFn = std::function<Attribution(const Model& model, const at::Tensor& x, const Target& target)>;
+struct SanityOptions {
+  SALIENT_ARG(uint64_t, seed) = 0;
+  SALIENT_ARG(size_t, min_blocks) = 4;  // passed to Model::parameter_blocks
+};
+struct SanityCurve {
+  std::vector<std::string> blocks;  // randomised after step s: blocks[0..s]
+  at::Tensor spearman_abs;          // [S, N]
+  at::Tensor spearman;              // [S, N] signed
+  at::Tensor ssim;                  // [S, N]
+};
+SanityCurve cascading_randomization(const Model& model, const at::Tensor& x, const ExplainFn& explain,
+                                    const Target& target = Target::predicted(), const SanityOptions& options = {});
+
+}  // namespace salient

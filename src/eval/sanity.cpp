@@ -1,0 +1,49 @@
+#include <ATen/ATen.h>
+
+#include <algorithm>
+
+#include "methods/common.hpp"
+#include "salient/metrics.hpp"
+
+namespace salient {
+
+SanityCurve cascading_randomization(const Model& model, const at::Tensor& x, const ExplainFn& explain,
+                                    const Target& target, const SanityOptions& options) {
+  SALIENT_CHECK(explain != nullptr, "sanity check: no method given");
+  at::Tensor xf = detail::checked_input(x, "sanity check");
+  // The class stays the original model's, as Adebayo et al. compare maps of one class.
+  Target fixed = target;
+  if (target.is_predicted()) fixed = Target::per_sample(detail::to_vector(target.resolve(model.predict(xf))));
+  const int64_t n = xf.size(0);
+  Attribution original = explain(model, xf, fixed);
+  at::Tensor abs0 = pixel_saliency(original.map, ChannelReduce::MaxAbs);
+  at::Tensor signed0 = pixel_saliency(original.map, ChannelReduce::Sum);
+
+  SanityCurve curve;
+  std::vector<std::string> blocks = model.parameter_blocks(options.min_blocks());
+  SALIENT_CHECK(!blocks.empty(), "sanity check: model '", model.name(), "' has no parameters to randomise");
+  std::reverse(blocks.begin(), blocks.end());  // from the output down
+  const int64_t steps = static_cast<int64_t>(blocks.size());
+  curve.spearman_abs = at::zeros({steps, n}, at::kDouble);
+  curve.spearman = at::zeros({steps, n}, at::kDouble);
+  curve.ssim = at::zeros({steps, n}, at::kDouble);
+  std::vector<std::string> done;
+  for (int64_t s = 0; s < steps; ++s) {
+    done.push_back(blocks[s]);
+    // Cascading: every block so far is re-drawn, each with the same weights as at the
+    // step that reached it (Model::randomized seeds module i with seed + i).
+    Model random = model.randomized(done, options.seed());
+    Attribution a = explain(random, xf, fixed);
+    at::Tensor abs1 = pixel_saliency(a.map, ChannelReduce::MaxAbs);
+    at::Tensor signed1 = pixel_saliency(a.map, ChannelReduce::Sum);
+    for (int64_t i = 0; i < n; ++i) {
+      curve.spearman_abs[s][i] = spearman(abs0[i], abs1[i]);
+      curve.spearman[s][i] = spearman(signed0[i], signed1[i]);
+      curve.ssim[s][i] = ssim(abs0[i], abs1[i]);
+    }
+  }
+  curve.blocks = blocks;
+  return curve;
+}
+
+}  // namespace salient

@@ -1,0 +1,157 @@
+// Metrics on hand-checked tiny cases: exact curves and AUCs, pointing and energy on known
+// boxes, rank correlation and SSIM identities, and the cascading randomisation.
+#include "helpers.hpp"
+#include "salient/metrics.hpp"
+
+using namespace testing_salient;
+using salient::Box;
+using salient::Model;
+using salient::Target;
+
+TEST(Deletion, LinearModelCurveAndAucByHand) {
+  // One class, score = 4 x0 + 3 x1 + 2 x2 + 1 x3 on a 2x2 image of ones.
+  auto model = Model::from_module(linear_model(at::tensor({4.f, 3.f, 2.f, 1.f}).view({1, 4}), at::zeros({1})), "lin");
+  at::Tensor x = at::ones({1, 1, 2, 2});
+  at::Tensor map = at::tensor({4.f, 3.f, 2.f, 1.f}).view({1, 1, 2, 2});
+  auto o = salient::PerturbationCurveOptions().step_pixels(1).score(salient::Score::Logit);
+  auto c = salient::deletion(model, x, map, Target::index(0), o);
+  EXPECT_TRUE(close(c.scores[0], at::tensor({10.f, 6.f, 3.f, 1.f, 0.f}), 1e-5, 1e-6)) << c.scores;
+  EXPECT_TRUE(close(c.fraction, at::tensor({0.f, 0.25f, 0.5f, 0.75f, 1.f}), 1e-7, 0));
+  EXPECT_NEAR(c.auc[0].item<double>(), 0.25 * (8 + 4.5 + 2 + 0.5), 1e-5);
+  // The reversed order deletes the small weights first: a worse (higher) AUC.
+  auto worse = salient::deletion(model, x, -map, Target::index(0), o.reduce(salient::ChannelReduce::Sum));
+  EXPECT_NEAR(worse.auc[0].item<double>(), 0.25 * (9.5 + 8 + 5.5 + 2), 1e-5);
+  // Mean substrate: each deleted pixel becomes the image mean (1 here): nothing changes.
+  auto same = salient::deletion(model, x, map, Target::index(0), o.substrate(salient::Substrate::Mean));
+  EXPECT_TRUE(close(same.scores[0], at::full({5}, 10.f), 1e-5, 0));
+}
+
+TEST(Deletion, TheTrueMaskBeatsRandomMapsAndInsertionMirrorsIt) {
+  // A bright 3x3 object on a dark 8x8 image; logit 0 = object pixels - 0.3 background
+  // pixels - 4, so the object must be sharp (blurring spreads it onto the background).
+  const int64_t s = 8;
+  at::Tensor mask = at::zeros({s, s});
+  mask.slice(0, 2, 5).slice(1, 3, 6).fill_(1);
+  at::Tensor w = at::stack({mask.flatten() * 1.3 - 0.3, at::zeros({s * s})});
+  auto model = Model::from_module(linear_model(w, at::tensor({-4.f, 0.f})), "lin");
+  at::manual_seed(3);
+  at::Tensor x = (mask + 0.05 * at::rand({s, s})).view({1, 1, s, s});
+  at::Tensor truth = mask.view({1, 1, s, s});
+  auto o = salient::PerturbationCurveOptions().step_pixels(2);
+  auto del = salient::deletion(model, x, truth, Target::index(0), o);
+  auto ins = salient::insertion(model, x, truth, Target::index(0), o);
+  for (int i = 0; i < 20; ++i) {
+    at::Tensor r = at::rand({1, 1, s, s});
+    EXPECT_LT(del.auc[0].item<double>(), salient::deletion(model, x, r, Target::index(0), o).auc[0].item<double>()) << i;
+    EXPECT_GT(ins.auc[0].item<double>(), salient::insertion(model, x, r, Target::index(0), o).auc[0].item<double>()) << i;
+  }
+  // Insertion runs from the blurred image's score to the clean image's; deletion the other way.
+  at::Tensor blurred = salient::gaussian_blur(x, 11, 5.0);
+  const double p_clean = at::softmax(model.predict(x), 1)[0][0].item<double>();
+  EXPECT_NEAR(ins.scores[0][0].item<double>(), at::softmax(model.predict(blurred), 1)[0][0].item<double>(), 1e-5);
+  EXPECT_NEAR(ins.scores[0][-1].item<double>(), p_clean, 1e-5);
+  EXPECT_NEAR(del.scores[0][0].item<double>(), p_clean, 1e-5);
+  EXPECT_LT(ins.scores[0][0].item<double>(), 0.1);
+}
+
+TEST(Deletion, ConstantMapFollowsRasterOrderAndBatchedEqualsPerSample) {
+  auto model = Model::load(data("reference/smallcnn_traced.pt"));
+  at::Tensor x = reference()["input"].narrow(0, 0, 2);
+  at::Tensor flat = at::zeros({2, 1, 64, 64});
+  auto o = salient::PerturbationCurveOptions().step_fraction(0.1);
+  auto c = salient::deletion(model, x, flat, Target::per_sample({0, 1}), o);
+  EXPECT_TRUE(at::isfinite(c.auc).all().item<bool>());
+  EXPECT_EQ(c.scores.size(1), 11);  // ceil(4096 / 410) = 10 steps + the clean image
+  at::Tensor gc = salient::gradcam(model, x, Target::per_sample({0, 1})).map;
+  auto both = salient::deletion(model, x, gc, Target::per_sample({0, 1}), o);
+  for (int64_t i = 0; i < 2; ++i) {
+    auto one = salient::deletion(model, x.narrow(0, i, 1), gc.narrow(0, i, 1), Target::index(i), o);
+    EXPECT_TRUE(close(one.scores[0], both.scores[i], 1e-6, 1e-4)) << i;
+  }
+  EXPECT_NE(msg_of([&] { salient::deletion(model, x, at::zeros({2, 1, 32, 32}), Target::index(0)); })
+                .find("does not fit the input"),
+            std::string::npos);
+}
+
+TEST(PointingGame, PeakInsideOrWithinToleranceHitsConstantMapMisses) {
+  at::Tensor m = at::zeros({224, 224});
+  const Box box{100, 100, 120, 110};  // x0, y0, x1, y1
+  m[105][110] = 1;                     // inside
+  EXPECT_TRUE(salient::pointing_hit(m, box));
+  m.zero_();
+  m[105][135] = 1;  // 15 px right of x1: within the default 15 px at 224
+  EXPECT_TRUE(salient::pointing_hit(m, box));
+  m.zero_();
+  m[105][136] = 1;  // 16 px
+  EXPECT_FALSE(salient::pointing_hit(m, box));
+  EXPECT_TRUE(salient::pointing_hit(m, box, 16.0));
+  m.zero_();
+  m[121][131] = 1;  // 11 down, 11 right: sqrt(242) = 15.6 > 15
+  EXPECT_FALSE(salient::pointing_hit(m, box));
+  EXPECT_FALSE(salient::pointing_hit(at::ones({224, 224}), box));  // no peak to point with
+  // Tolerance scales with the map: 15 * 112 / 224 = 7.5 px at 112x112.
+  at::Tensor small = at::zeros({112, 112});
+  small[50][67] = 1;
+  EXPECT_TRUE(salient::pointing_hit(small, {50, 50, 60, 60}));
+  small.zero_();
+  small[50][68] = 1;
+  EXPECT_FALSE(salient::pointing_hit(small, {50, 50, 60, 60}));
+  // Masks: the distance to the nearest object pixel.
+  at::Tensor mask = at::zeros({224, 224}, at::kByte);
+  mask[10][10] = 1;
+  m.zero_();
+  m[10][25] = 1;
+  EXPECT_TRUE(salient::pointing_hit_mask(m, mask));
+  EXPECT_NE(msg_of([&] { salient::pointing_hit(m, {300, 0, 310, 5}); }).find("outside"), std::string::npos);
+}
+
+TEST(EnergyPointingGame, ShareOfThePositiveMapInsideTheBox) {
+  at::Tensor m = at::zeros({1, 10, 10});
+  m[0].slice(0, 2, 4).slice(1, 2, 4).fill_(1);  // 4 pixels in the box
+  m[0][9][9] = 1;                               // 1 outside
+  m[0][0][0] = -5;                              // negative evidence is not energy
+  EXPECT_NEAR(salient::energy_in_box(m, {2, 2, 3, 3}, salient::ChannelReduce::Sum), 0.8, 1e-12);
+  EXPECT_NEAR(salient::energy_in_box(at::ones({10, 10}), {0, 0, 4, 1}), 0.1, 1e-12);  // constant: the box's area
+  EXPECT_EQ(salient::energy_in_box(at::zeros({10, 10}), {0, 0, 4, 1}), 0.0);           // nothing positive: 0
+  at::Tensor mask = at::zeros({10, 10}, at::kByte);
+  mask.slice(0, 2, 4).slice(1, 2, 4).fill_(1);
+  EXPECT_NEAR(salient::energy_in_mask(m, mask, salient::ChannelReduce::Sum), 0.8, 1e-12);
+}
+
+TEST(Similarity, SpearmanWithTiesAndSsimIdentities) {
+  at::Tensor a = at::tensor({1.0, 2.0, 3.0, 4.0});
+  EXPECT_NEAR(salient::spearman(a, a * 10 + 3), 1.0, 1e-12);
+  EXPECT_NEAR(salient::spearman(a, -a), -1.0, 1e-12);
+  EXPECT_EQ(salient::spearman(a, at::ones({4})), 0.0);
+  // Ties get their mean rank: ranks (1.5, 1.5, 3) vs (1, 2, 3): r = 0.866...
+  EXPECT_NEAR(salient::spearman(at::tensor({5.0, 5.0, 7.0}), at::tensor({1.0, 2.0, 3.0})), std::sqrt(3.0) / 2, 1e-12);
+  at::Tensor img = at::rand({32, 32});
+  EXPECT_NEAR(salient::ssim(img, img), 1.0, 1e-9);
+  EXPECT_NEAR(salient::ssim(img, img * 3 + 1), 1.0, 1e-9);  // both are min-max normalised first
+  EXPECT_LT(salient::ssim(img, at::rand({32, 32})), 0.2);
+}
+
+TEST(Sanity, RandomizedCopiesLeaveTheModelAloneAndGradCamDecorrelates) {
+  auto model = Model::load(data("reference/smallcnn_traced.pt"));
+  EXPECT_EQ(model.parameter_blocks(), (std::vector<std::string>{"features.0", "features.1", "features.4", "features.5",
+                                                                 "features.8", "features.9", "fc"}));
+  std::vector<at::Tensor> before;
+  for (const auto& p : model.module().parameters()) before.push_back(p.clone());
+  Model r = model.randomized({"fc"}, 7);
+  size_t i = 0;
+  for (const auto& p : model.module().parameters()) EXPECT_TRUE(at::equal(p, before[i++]));
+  at::Tensor x = reference()["input"];
+  EXPECT_FALSE(at::allclose(r.predict(x), model.predict(x)));
+  // Same seed, same copy.
+  EXPECT_TRUE(at::equal(model.randomized({"fc"}, 7).predict(x), r.predict(x)));
+
+  auto gradcam = [](const Model& m, const at::Tensor& xx, const Target& t) {
+    return salient::gradcam(m, xx, t, salient::GradCamOptions().layer("features.10"));
+  };
+  auto curve = salient::cascading_randomization(model, x, gradcam, Target::per_sample({0, 1, 2, 3}));
+  ASSERT_EQ(curve.blocks.front(), "fc");
+  ASSERT_EQ(curve.spearman_abs.sizes(), (std::vector<int64_t>{7, 4}));
+  EXPECT_TRUE((curve.spearman_abs.abs() <= 1).all().item<bool>());
+  // With every block re-drawn, the map no longer follows the original.
+  EXPECT_LT(curve.spearman_abs[-1].mean().item<double>(), 0.5) << curve.spearman_abs;
+}

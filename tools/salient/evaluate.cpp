@@ -1,0 +1,363 @@
+// salient evaluate: faithfulness, localisation and sanity metrics of methods over a
+// manifest of images, written as JSON, Markdown, CSV and plots.
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <set>
+#include <sstream>
+
+#include "cli.hpp"
+#include "salient/metrics.hpp"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace salient {
+namespace cli {
+
+namespace {
+
+struct EvaluateArgs {
+  std::string model, data, out;
+  std::string methods = "gradcam,vanilla";
+  std::string metrics = "deletion,insertion,pointing";
+  MethodFlags flags;
+  std::string preset = "imagenet", size, mean, std;
+  double step = 0.01;
+  std::string substrate = "zero";
+  std::string reduce = "max-abs";
+  double tolerance = -1;
+  int64_t sanity_images = 8;
+};
+
+const std::vector<std::string> kMetrics = {"deletion", "insertion", "pointing", "energy", "sanity"};
+
+// One manifest entry, loaded.
+struct Entry {
+  std::string name;   // for per_image.jsonl
+  at::Tensor x;       // [1,C,H,W]
+  int64_t target = -1;
+  bool has_box = false, has_mask = false;
+  Box box{};
+  at::Tensor mask;    // [H,W]
+};
+
+std::string resolve_path(const fs::path& base, const std::string& p) {
+  fs::path q(p);
+  return (q.is_absolute() ? q : base / q).string();
+}
+
+std::vector<Entry> read_manifest(const std::string& path, const io::Preprocess& pre, int channels) {
+  std::ifstream f(path);
+  SALIENT_CHECK(f.good(), "--data '", path, "' not found or not readable");
+  const fs::path base = fs::path(path).parent_path();
+  std::vector<Entry> out;
+  std::map<std::string, at::Tensor> npy_cache;
+  std::string line;
+  int64_t no = 0;
+  while (std::getline(f, line)) {
+    ++no;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = path + ":" + std::to_string(no);
+    json j;
+    try {
+      j = json::parse(line);
+    } catch (const std::exception& e) {
+      SALIENT_FAIL(where, ": not a JSON object (", e.what(), ")");
+    }
+    SALIENT_CHECK(j.is_object(), where, ": not a JSON object");
+    Entry e;
+    if (j.contains("image")) {
+      SALIENT_CHECK(j["image"].is_string(), where, ": \"image\" must be a file name");
+      std::string file = resolve_path(base, j["image"].get<std::string>());
+      e.name = j["image"].get<std::string>();
+      e.x = io::prepare(io::read_image(file), pre, channels).tensor;
+    } else if (j.contains("input")) {
+      SALIENT_CHECK(j["input"].is_string(), where, ": \"input\" must be a .npy file name");
+      std::string file = resolve_path(base, j["input"].get<std::string>());
+      if (!npy_cache.count(file)) npy_cache[file] = io::read_npy(file);
+      at::Tensor t = npy_cache[file];
+      if (t.dim() == 3) t = t.unsqueeze(0);
+      SALIENT_CHECK(t.dim() == 4 && at::isFloatingType(t.scalar_type()), where, ": '", file,
+                    "' must hold float32 [N,C,H,W]");
+      const int64_t index = j.value("index", int64_t(0));
+      SALIENT_CHECK(index >= 0 && index < t.size(0), where, ": index ", index, " out of range for '", file, "' (",
+                    t.size(0), " rows)");
+      e.name = j["input"].get<std::string>() + "[" + std::to_string(index) + "]";
+      e.x = t.narrow(0, index, 1).to(at::kFloat);
+    } else {
+      SALIENT_FAIL(where, ": needs \"image\" or \"input\"");
+    }
+    if (j.contains("target")) {
+      SALIENT_CHECK(j["target"].is_number_integer(), where, ": \"target\" must be a class index");
+      e.target = j["target"].get<int64_t>();
+    }
+    const int64_t h = e.x.size(2), w = e.x.size(3);
+    if (j.contains("box")) {
+      SALIENT_CHECK(j["box"].is_array() && j["box"].size() == 4, where, ": \"box\" must be [x0, y0, x1, y1]");
+      for (int k = 0; k < 4; ++k) e.box[k] = j["box"][k].get<int64_t>();
+      SALIENT_CHECK(e.box[0] <= e.box[2] && e.box[1] <= e.box[3] && e.box[0] >= 0 && e.box[1] >= 0 && e.box[2] < w &&
+                        e.box[3] < h,
+                    where, ": box [", e.box[0], ", ", e.box[1], ", ", e.box[2], ", ", e.box[3],
+                    "] is not inside the ", h, "x", w, " model input");
+      e.has_box = true;
+    }
+    if (j.contains("mask")) {
+      cv::Mat m = io::read_image(resolve_path(base, j["mask"].get<std::string>()));
+      SALIENT_CHECK(m.rows == h && m.cols == w, where, ": mask is ", m.rows, "x", m.cols, ", the model input ", h, "x",
+                    w);
+      cv::Mat gray;
+      cv::extractChannel(m, gray, 0);
+      e.mask = at::from_blob(gray.data, {h, w}, at::kByte).clone();
+      e.has_mask = true;
+    }
+    out.push_back(std::move(e));
+  }
+  SALIENT_CHECK(!out.empty(), "--data '", path, "' lists no images");
+  return out;
+}
+
+struct Stat {
+  std::vector<double> v;
+  json summary() const {
+    double mean = 0, var = 0;
+    for (double x : v) mean += x;
+    if (!v.empty()) mean /= static_cast<double>(v.size());
+    for (double x : v) var += (x - mean) * (x - mean);
+    const double sd = v.size() > 1 ? std::sqrt(var / static_cast<double>(v.size() - 1)) : 0.0;
+    return {{"mean", mean}, {"std", sd}, {"n", v.size()}};
+  }
+};
+
+int run_evaluate(const EvaluateArgs& a) {
+  auto t_start = std::chrono::steady_clock::now();
+  std::vector<std::string> methods = parse_methods(a.methods);
+  std::set<std::string> metrics;
+  for (const auto& m : split(a.metrics, ',')) {
+    SALIENT_CHECK(std::find(kMetrics.begin(), kMetrics.end(), m) != kMetrics.end(), "--metrics: unknown metric '", m,
+                  "'; use deletion, insertion, pointing, energy, sanity");
+    metrics.insert(m);
+  }
+  SALIENT_CHECK(!metrics.empty(), "--metrics: no metric given");
+  ExplainSettings settings = method_settings(a.flags);
+  salient::check_settings(methods == std::vector<std::string>{"all"} ? std::vector<std::string>{"vanilla"} : methods,
+                          settings);
+  PerturbationCurveOptions curve;
+  SALIENT_CHECK(a.step > 0 && a.step <= 1, "--step must be in (0, 1], got ", a.step);
+  curve.step_fraction(a.step).substrate(substrate_from_string(a.substrate)).reduce(channel_reduce_from_string(a.reduce));
+  if (settings.memory_budget) curve.memory_budget(*settings.memory_budget);
+  const ChannelReduce reduce = channel_reduce_from_string(a.reduce);
+
+  io::Preprocess pre = preprocess_from_flags(a.preset, a.size, a.mean, a.std);
+  ensure_writable_dir(a.out);
+  Model model = Model::load(a.model);
+  int64_t channels = model.input_channels();
+  if (channels != 1) channels = 3;
+  std::vector<Entry> entries = read_manifest(a.data, pre, static_cast<int>(channels));
+  if (methods == std::vector<std::string>{"all"})
+    methods = suitable_methods(model, entries[0].x.sizes().slice(1).vec(), settings.layer);
+  if (metrics.count("pointing") || metrics.count("energy"))
+    for (const auto& e : entries)
+      SALIENT_CHECK(e.has_box || e.has_mask, "pointing/energy need a \"box\" or \"mask\" for every image; '", e.name,
+                    "' has neither");
+
+  std::map<std::string, std::map<std::string, Stat>> stats;  // method -> metric -> values
+  std::map<std::string, std::vector<at::Tensor>> del_curves, ins_curves;
+  at::Tensor fraction;
+  std::ostringstream per_image;
+  const bool tty = ::isatty(2);
+  const size_t total = entries.size();
+  for (size_t i = 0; i < total; ++i) {
+    const Entry& e = entries[i];
+    at::Tensor out = model.predict(e.x);
+    const int64_t predicted = out.argmax(1).item<int64_t>();
+    const int64_t target = e.target >= 0 ? e.target : predicted;
+    Target t = Target::per_sample({target});
+    t.resolve(out);  // range check
+    auto maps = explain(model, e.x, methods, t, settings);
+    json row = {{"image", e.name}, {"target", target}, {"predicted", predicted}, {"methods", json::object()}};
+    for (const auto& m : methods) {
+      const at::Tensor& map = maps.at(m).map;
+      json mj;
+      if (metrics.count("deletion")) {
+        Curve c = deletion(model, e.x, map, t, curve);
+        mj["deletion"] = c.auc[0].item<double>();
+        del_curves[m].push_back(c.scores[0]);
+        fraction = c.fraction;
+      }
+      if (metrics.count("insertion")) {
+        Curve c = insertion(model, e.x, map, t, curve);
+        mj["insertion"] = c.auc[0].item<double>();
+        ins_curves[m].push_back(c.scores[0]);
+        fraction = c.fraction;
+      }
+      if (metrics.count("pointing"))
+        mj["pointing"] = (e.has_mask ? pointing_hit_mask(map[0], e.mask, a.tolerance, reduce)
+                                     : pointing_hit(map[0], e.box, a.tolerance, reduce))
+                             ? 1.0
+                             : 0.0;
+      if (metrics.count("energy"))
+        mj["energy"] = e.has_mask ? energy_in_mask(map[0], e.mask, reduce) : energy_in_box(map[0], e.box, reduce);
+      for (auto it = mj.begin(); it != mj.end(); ++it) stats[m][it.key()].v.push_back(it.value().get<double>());
+      row["methods"][m] = mj;
+    }
+    per_image << row.dump() << "\n";
+    if (tty)
+      std::cerr << "\revaluate: " << (i + 1) << "/" << total << " images" << std::flush;
+    else if ((i + 1) % std::max<size_t>(1, total / 10) == 0 || i + 1 == total)
+      std::cerr << "evaluate: " << (i + 1) << "/" << total << " images\n";
+  }
+  if (tty) std::cerr << "\n";
+
+  // Sanity: cascading randomisation on the first images (each step re-runs the method).
+  std::map<std::string, std::vector<std::vector<double>>> sanity_curves;  // method -> [step][3]
+  std::vector<std::string> blocks;
+  if (metrics.count("sanity")) {
+    const int64_t k = std::min<int64_t>(a.sanity_images, static_cast<int64_t>(total));
+    SALIENT_CHECK(k >= 1, "--sanity-images must be >= 1");
+    std::vector<at::Tensor> xs;
+    std::vector<int64_t> targets;
+    for (int64_t i = 0; i < k; ++i) {
+      SALIENT_CHECK(entries[i].x.sizes() == entries[0].x.sizes(), "sanity: the first ", k,
+                    " images must share one input size");
+      xs.push_back(entries[i].x);
+      targets.push_back(entries[i].target >= 0 ? entries[i].target : model.predict(entries[i].x).argmax(1).item<int64_t>());
+    }
+    at::Tensor x = at::cat(xs);
+    for (const auto& m : methods) {
+      std::cerr << "evaluate: sanity check of " << m << " on " << k << " images\n";
+      ExplainFn fn = [&](const Model& mm, const at::Tensor& xx, const Target& tt) {
+        return explain(mm, xx, m, tt, settings);
+      };
+      SanityCurve sc = cascading_randomization(model, x, fn, Target::per_sample(targets));
+      blocks = sc.blocks;
+      const int64_t last = static_cast<int64_t>(sc.blocks.size()) - 1;
+      for (int64_t i = 0; i < k; ++i) {
+        stats[m]["sanity_spearman_abs"].v.push_back(sc.spearman_abs[last][i].item<double>());
+        stats[m]["sanity_spearman"].v.push_back(sc.spearman[last][i].item<double>());
+        stats[m]["sanity_ssim"].v.push_back(sc.ssim[last][i].item<double>());
+      }
+      for (int64_t s = 0; s <= last; ++s)
+        sanity_curves[m].push_back({sc.spearman_abs[s].mean().item<double>(), sc.spearman[s].mean().item<double>(),
+                                    sc.ssim[s].mean().item<double>()});
+    }
+  }
+
+  // Outputs.
+  auto path_in_out = [&](const std::string& name) { return (fs::path(a.out) / name).string(); };
+  json summary = json::object();
+  for (const auto& m : methods) {
+    summary[m] = json::object();
+    for (const auto& kv : stats[m]) summary[m][kv.first] = kv.second.summary();
+  }
+  std::vector<std::string> columns;
+  for (const auto& m : methods)
+    for (const auto& kv : stats[m])
+      if (std::find(columns.begin(), columns.end(), kv.first) == columns.end()) columns.push_back(kv.first);
+  std::ostringstream md, csv;
+  md << "| method |";
+  csv << "method";
+  for (const auto& c : columns) md << " " << c << " |", csv << "," << c << "_mean," << c << "_std," << c << "_n";
+  md << "\n|---|";
+  for (size_t i = 0; i < columns.size(); ++i) md << "---:|";
+  md << "\n";
+  csv << "\n";
+  for (const auto& m : methods) {
+    md << "| " << m << " |";
+    csv << m;
+    for (const auto& c : columns) {
+      if (!stats[m].count(c)) {
+        md << " |";
+        csv << ",,,";
+        continue;
+      }
+      json s = stats[m][c].summary();
+      md << " " << std::fixed << std::setprecision(3) << s["mean"].get<double>() << " ± " << s["std"].get<double>()
+         << " |";
+      csv << "," << std::setprecision(6) << s["mean"].get<double>() << "," << s["std"].get<double>() << ","
+          << s["n"].get<size_t>();
+    }
+    md << "\n";
+    csv << "\n";
+  }
+  io::write_file_atomic(path_in_out("summary.json"), summary.dump(2) + "\n");
+  io::write_file_atomic(path_in_out("summary.md"), md.str());
+  io::write_file_atomic(path_in_out("summary.csv"), csv.str());
+  io::write_file_atomic(path_in_out("per_image.jsonl"), per_image.str());
+  auto curve_plot = [&](const std::map<std::string, std::vector<at::Tensor>>& curves, const std::string& what,
+                        const std::string& file) {
+    std::vector<render::Series> series;
+    std::vector<double> xs(fraction.data_ptr<float>(), fraction.data_ptr<float>() + fraction.numel());
+    for (const auto& m : methods) {
+      at::Tensor mean = at::stack(curves.at(m)).mean(0).to(at::kDouble).contiguous();
+      json s = stats[m][what].summary();
+      std::ostringstream name;
+      name << m << " " << std::fixed << std::setprecision(3) << s["mean"].get<double>();
+      series.push_back({name.str(), xs, std::vector<double>(mean.data_ptr<double>(), mean.data_ptr<double>() + mean.numel())});
+    }
+    io::write_png(path_in_out(file), render::plot(series, what + " curves (mean over images; legend: AUC)",
+                                                  "fraction of pixels " + std::string(what == "deletion" ? "removed" : "revealed"),
+                                                  "p(target)"));
+  };
+  if (metrics.count("deletion")) curve_plot(del_curves, "deletion", "deletion.png");
+  if (metrics.count("insertion")) curve_plot(ins_curves, "insertion", "insertion.png");
+  if (metrics.count("sanity")) {
+    std::vector<render::Series> series;
+    for (const auto& m : methods) {
+      std::vector<double> xs, ys;
+      for (size_t s = 0; s < sanity_curves[m].size(); ++s) xs.push_back(static_cast<double>(s + 1)), ys.push_back(sanity_curves[m][s][0]);
+      series.push_back({m, xs, ys});
+    }
+    std::string order = blocks.empty() ? "" : blocks.front();
+    if (blocks.size() > 1) order += blocks.size() > 2 ? ", ..., " + blocks.back() : ", " + blocks.back();
+    io::write_png(path_in_out("sanity.png"),
+                  render::plot(series, "Spearman |map| vs original; " + std::to_string(blocks.size()) +
+                                           " blocks randomised: " + order,
+                               "blocks randomised (from the output)", ""));
+    json sj = json::object();
+    for (const auto& m : methods) sj[m] = sanity_curves[m];
+    io::write_file_atomic(path_in_out("sanity.json"),
+                          json({{"blocks", blocks}, {"columns", {"spearman_abs", "spearman", "ssim"}}, {"methods", sj}})
+                                  .dump(2) + "\n");
+  }
+  std::cout << md.str() << "wrote " << a.out << " ("
+            << std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count() << " s)\n";
+  return 0;
+}
+
+}  // namespace
+
+Runner add_evaluate(CLI::App& app) {
+  auto a = std::make_shared<EvaluateArgs>();
+  app.add_option("--model,-m", a->model, "TorchScript model file")->required();
+  app.add_option("--data", a->data,
+                 "Manifest: one JSON object per line: {\"image\": F} or {\"input\": X.npy, \"index\": i}, "
+                 "optional \"target\", \"box\": [x0,y0,x1,y1] (inclusive, model-input pixels) or \"mask\": M.png")
+      ->required();
+  app.add_option("--methods,--method", a->methods, "Comma-separated methods, or all")->capture_default_str();
+  app.add_option("--metrics", a->metrics, "deletion, insertion, pointing, energy, sanity")->capture_default_str();
+  app.add_option("--out,-o", a->out, "Output directory")->required();
+  app.add_option("--preset", a->preset, "Preprocessing: imagenet or none")->capture_default_str();
+  app.add_option("--size", a->size, "Resize images to HxW");
+  app.add_option("--mean", a->mean, "Per-channel mean, comma-separated");
+  app.add_option("--std", a->std, "Per-channel std, comma-separated");
+  app.add_option("--step", a->step, "Deletion/insertion: fraction of pixels per step")->capture_default_str();
+  app.add_option("--substrate", a->substrate, "Deletion: zero, blur or mean")->capture_default_str();
+  app.add_option("--reduce", a->reduce, "Map channels to pixel saliency: max-abs, sum or abs-sum")->capture_default_str();
+  app.add_option("--tolerance", a->tolerance, "Pointing game tolerance in pixels (default 15 at 224, scaled)");
+  app.add_option("--sanity-images", a->sanity_images, "Images the sanity check runs on")->capture_default_str();
+  add_method_flags(app, &a->flags);
+  app.footer("Writes DIR/summary.json ({method: {metric: {mean, std, n}}}), summary.md, summary.csv,\n"
+             "per_image.jsonl, deletion.png, insertion.png, sanity.png and sanity.json.");
+  return [a] { return run_evaluate(*a); };
+}
+
+}  // namespace cli
+}  // namespace salient
