@@ -199,7 +199,7 @@ std::vector<Row> bench_model(const std::string& label, const std::string& path, 
     rows.push_back(compare(label, m, "1 forward + input gradient", 1.1, [&] { salient::explain(model, x, m, t); },
                            forward_and_grad, repeats));
   rows.push_back(compare(
-      label, "guided_gradcam", "1 forward + 2 backward (layer, input)", 1.1,
+      label, "guided_gradcam", "1 forward + 2 input gradients", 1.1,
       [&] { salient::guided_gradcam(model, x, t); },
       [&] {
         at::Tensor xi = x.clone().requires_grad_(true);
