@@ -332,13 +332,16 @@ TEST(Cli, EvaluateWritesSummaryTablesPerImageLinesAndPlots) {
   }
   std::string out = dir + "/out";
   CliRun r = salient_cli("evaluate --model " + ref_model() + " --data " + dir +
-                         "/manifest.jsonl --methods gradcam,vanilla --metrics deletion,insertion,pointing,energy,sanity "
+                         "/manifest.jsonl --methods gradcam,vanilla,integrated_gradients --n-steps 4 --metrics "
+                         "deletion,insertion,pointing,energy,infidelity,sensitivity,completeness,sanity "
                          "--step 0.1 --sanity-images 2 --out " + out);
   ASSERT_EQ(r.code, 0) << r.out;
   std::ifstream f(out + "/summary.json");
   auto s = nlohmann::json::parse(f);
-  for (const char* m : {"gradcam", "vanilla"}) {
-    for (const char* k : {"deletion", "insertion", "pointing", "energy"}) {
+  EXPECT_EQ(s["integrated_gradients"]["completeness"]["n"], 3);
+  EXPECT_FALSE(s["gradcam"].contains("completeness"));
+  for (const char* m : {"gradcam", "vanilla", "integrated_gradients"}) {
+    for (const char* k : {"deletion", "insertion", "pointing", "energy", "infidelity", "sensitivity"}) {
       ASSERT_TRUE(s[m].contains(k)) << m << " " << k;
       EXPECT_EQ(s[m][k]["n"], 3) << m << " " << k;
     }

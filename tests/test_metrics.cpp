@@ -155,3 +155,38 @@ TEST(Sanity, RandomizedCopiesLeaveTheModelAloneAndGradCamDecorrelates) {
   // With every block re-drawn, the map no longer follows the original.
   EXPECT_LT(curve.spearman_abs[-1].mean().item<double>(), 0.5) << curve.spearman_abs;
 }
+
+TEST(Infidelity, ExactForALinearModelsGradientAndScaleFreeWhenNormalised) {
+  at::Tensor w = at::randn({3, 2 * 4 * 4}), b = at::randn({3});
+  auto model = Model::from_module(linear_model(w, b), "lin");
+  at::Tensor x = at::randn({2, 2, 4, 4});
+  auto t = Target::per_sample({0, 2});
+  at::Tensor g = salient::vanilla_gradient(model, x, t).map;
+  // F(x) - F(x - I) = w·I exactly: the gradient has zero infidelity.
+  at::Tensor inf = salient::infidelity(model, x, g, t, salient::InfidelityOptions().noise_std(0.1));
+  EXPECT_LT(inf.max().item<double>(), 1e-9) << inf;
+  // Half the gradient: E[(w·I/2)^2] = sigma^2 |w|^2 / 4 in expectation; normalised, 0 again.
+  at::Tensor half = salient::infidelity(model, x, g * 0.5, t, salient::InfidelityOptions().noise_std(0.1).n_perturb(400));
+  for (int64_t i = 0; i < 2; ++i) {
+    const double expected = 0.01 * w[i == 0 ? 0 : 2].pow(2).sum().item<double>() / 4;
+    EXPECT_NEAR(half[i].item<double>(), expected, 0.25 * expected) << i;
+  }
+  at::Tensor norm = salient::infidelity(model, x, g * 0.5, t, salient::InfidelityOptions().noise_std(0.1).normalize(true));
+  EXPECT_LT(norm.max().item<double>(), 1e-9);
+  EXPECT_NE(msg_of([&] { salient::infidelity(model, x, g.narrow(0, 0, 1), t); }).find("does not fit the input"),
+            std::string::npos);
+}
+
+TEST(MaxSensitivity, ZeroForAConstantGradientBoundedForInputTimesGradient) {
+  at::Tensor w = at::randn({2, 3 * 2 * 2}), b = at::zeros({2});
+  auto model = Model::from_module(linear_model(w, b), "lin");
+  at::Tensor x = at::randn({1, 3, 2, 2});
+  auto vanilla = [](const Model& m, const at::Tensor& xx, const Target& t) { return salient::vanilla_gradient(m, xx, t); };
+  auto ixg = [](const Model& m, const at::Tensor& xx, const Target& t) { return salient::input_x_gradient(m, xx, t); };
+  EXPECT_EQ(salient::max_sensitivity(model, x, vanilla, Target::index(1)).item<double>(), 0.0);
+  // x*w changes by delta*w: at most radius * |w| / |x * w|.
+  const double s = salient::max_sensitivity(model, x, ixg, Target::index(1)).item<double>();
+  const double bound = 0.02 * w[1].norm().item<double>() / (x.flatten() * w[1]).norm().item<double>();
+  EXPECT_GT(s, 0.0);
+  EXPECT_LE(s, bound * (1 + 1e-6));
+}

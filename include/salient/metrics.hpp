@@ -95,6 +95,37 @@ double spearman(const at::Tensor& a, const at::Tensor& b);
 // (Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, data range 1).
 double ssim(const at::Tensor& a, const at::Tensor& b);
 
+// Infidelity (Yeh et al. 2019), as Captum's `infidelity`: for perturbations I ~ N(0, σ²)
+// of the input, E_I[(Σ I·attr − (F(x) − F(x − I)))²] over n_perturb draws, F the target's
+// score (raw logit by default, as Captum's forward output). With `normalize`, attr is first
+// scaled by β = E[Σ I·attr · ΔF] / E[(Σ I·attr)²], the least-squares optimum (Captum's
+// normalize=True), which makes the value independent of the map's scale. A map [N,1,H,W]
+// applies to every channel. Lower is better. Cost: 1 + n_perturb forwards per sample.
+struct InfidelityOptions {
+  SALIENT_ARG(int64_t, n_perturb) = 10;
+  SALIENT_ARG(double, noise_std) = 0.003;  // Captum's documented example perturbation
+  SALIENT_ARG(bool, normalize) = false;
+  SALIENT_ARG(uint64_t, seed) = 0;
+  SALIENT_ARG(Score, score) = Score::Logit;
+};
+at::Tensor infidelity(const Model& model, const at::Tensor& x, const at::Tensor& map,
+                      const Target& target = Target::predicted(), const InfidelityOptions& options = {});
+
+using ExplainFn = std::function<Attribution(const Model& model, const at::Tensor& x, const Target& target)>;
+
+// Max-sensitivity (Yeh et al. 2019), as Captum's `sensitivity_max`: the largest, over
+// n_perturb draws of uniform noise in [−radius, radius], of ‖e(x + δ) − e(x)‖ / ‖e(x)‖
+// (Frobenius norms per sample; Captum divides by the norm of the unperturbed
+// explanation). The target class is fixed on x. Lower is better; 0 when e(x) is all zero.
+// Cost: 1 + n_perturb explanations per sample.
+struct SensitivityOptions {
+  SALIENT_ARG(int64_t, n_perturb) = 10;
+  SALIENT_ARG(double, radius) = 0.02;
+  SALIENT_ARG(uint64_t, seed) = 0;
+};
+at::Tensor max_sensitivity(const Model& model, const at::Tensor& x, const ExplainFn& explain,
+                           const Target& target = Target::predicted(), const SensitivityOptions& options = {});
+
 // Sanity check by cascading model-parameter randomisation (Adebayo et al. 2018): the
 // blocks of Model::parameter_blocks are re-drawn one by one from the output downwards on
 // copies of the model, and after each step every sample's map is compared with the
@@ -102,7 +133,6 @@ double ssim(const at::Tensor& a, const at::Tensor& b);
 // magnitudes (max-abs over channels) and of their signed values (sum over channels), and
 // SSIM of the magnitudes. A method that explains the model decorrelates; one that mostly
 // reflects the image (guided backprop, known result) stays similar.
-using ExplainFn = std::function<Attribution(const Model& model, const at::Tensor& x, const Target& target)>;
 struct SanityOptions {
   SALIENT_ARG(uint64_t, seed) = 0;
   SALIENT_ARG(size_t, min_blocks) = 4;  // passed to Model::parameter_blocks

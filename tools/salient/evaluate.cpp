@@ -37,7 +37,8 @@ struct EvaluateArgs {
   int64_t sanity_images = 8;
 };
 
-const std::vector<std::string> kMetrics = {"deletion", "insertion", "pointing", "energy", "sanity"};
+const std::vector<std::string> kMetrics = {"deletion",   "insertion",   "pointing",    "energy",
+                                           "infidelity", "sensitivity", "completeness", "sanity"};
 
 // One manifest entry, loaded.
 struct Entry {
@@ -142,7 +143,7 @@ int run_evaluate(const EvaluateArgs& a) {
   std::set<std::string> metrics;
   for (const auto& m : split(a.metrics, ',')) {
     SALIENT_CHECK(std::find(kMetrics.begin(), kMetrics.end(), m) != kMetrics.end(), "--metrics: unknown metric '", m,
-                  "'; use deletion, insertion, pointing, energy, sanity");
+                  "'; use deletion, insertion, pointing, energy, infidelity, sensitivity, completeness, sanity");
     metrics.insert(m);
   }
   SALIENT_CHECK(!metrics.empty(), "--metrics: no metric given");
@@ -205,6 +206,16 @@ int run_evaluate(const EvaluateArgs& a) {
                              : 0.0;
       if (metrics.count("energy"))
         mj["energy"] = e.has_mask ? energy_in_mask(map[0], e.mask, reduce) : energy_in_box(map[0], e.box, reduce);
+      if (metrics.count("infidelity")) mj["infidelity"] = infidelity(model, e.x, map, t)[0].item<double>();
+      if (metrics.count("sensitivity")) {
+        ExplainFn fn = [&](const Model& mm, const at::Tensor& xx, const Target& tt) {
+          return explain(mm, xx, m, tt, settings);
+        };
+        mj["sensitivity"] = max_sensitivity(model, e.x, fn, t).item<double>();
+      }
+      // Completeness: |sum(attr) - (F(x) - F(x'))|, for the methods that have it (IG).
+      if (metrics.count("completeness") && maps.at(m).delta.defined())
+        mj["completeness"] = maps.at(m).delta.abs()[0].item<double>();
       for (auto it = mj.begin(); it != mj.end(); ++it) stats[m][it.key()].v.push_back(it.value().get<double>());
       row["methods"][m] = mj;
     }
@@ -318,9 +329,8 @@ int run_evaluate(const EvaluateArgs& a) {
     std::string order = blocks.empty() ? "" : blocks.front();
     if (blocks.size() > 1) order += blocks.size() > 2 ? ", ..., " + blocks.back() : ", " + blocks.back();
     io::write_png(path_in_out("sanity.png"),
-                  render::plot(series, "Spearman |map| vs original; " + std::to_string(blocks.size()) +
-                                           " blocks randomised: " + order,
-                               "blocks randomised (from the output)", ""));
+                  render::plot(series, "Spearman |map| vs original map", std::to_string(blocks.size()) +
+                                           " blocks randomised in turn: " + order, ""));
     json sj = json::object();
     for (const auto& m : methods) sj[m] = sanity_curves[m];
     io::write_file_atomic(path_in_out("sanity.json"),
@@ -342,7 +352,9 @@ Runner add_evaluate(CLI::App& app) {
                  "optional \"target\", \"box\": [x0,y0,x1,y1] (inclusive, model-input pixels) or \"mask\": M.png")
       ->required();
   app.add_option("--methods,--method", a->methods, "Comma-separated methods, or all")->capture_default_str();
-  app.add_option("--metrics", a->metrics, "deletion, insertion, pointing, energy, sanity")->capture_default_str();
+  app.add_option("--metrics", a->metrics,
+                 "deletion, insertion, pointing, energy, infidelity, sensitivity, completeness, sanity")
+      ->capture_default_str();
   app.add_option("--out,-o", a->out, "Output directory")->required();
   app.add_option("--preset", a->preset, "Preprocessing: imagenet or none")->capture_default_str();
   app.add_option("--size", a->size, "Resize images to HxW");

@@ -1,0 +1,73 @@
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include "methods/common.hpp"
+#include "salient/metrics.hpp"
+
+namespace salient {
+
+namespace {
+
+// Classes fixed on x: explicit ones as given, predicted ones from one forward.
+Target fixed_target(const Model& model, const at::Tensor& x, const Target& target) {
+  if (!target.is_predicted()) return target;
+  return Target::per_sample(detail::to_vector(target.resolve(model.predict(x))));
+}
+
+}  // namespace
+
+at::Tensor infidelity(const Model& model, const at::Tensor& x, const at::Tensor& map, const Target& target,
+                      const InfidelityOptions& o) {
+  at::Tensor xf = detail::checked_input(x, "infidelity");
+  const int64_t n = xf.size(0), k = o.n_perturb();
+  SALIENT_CHECK(k >= 1, "infidelity: n_perturb must be >= 1, got ", k);
+  SALIENT_CHECK(o.noise_std() > 0, "infidelity: noise_std must be > 0, got ", o.noise_std());
+  SALIENT_CHECK(map.defined() && map.dim() == 4 && map.size(0) == n && (map.size(1) == 1 || map.size(1) == xf.size(1)) &&
+                    map.size(2) == xf.size(2) && map.size(3) == xf.size(3),
+                "infidelity: map ", map.defined() ? detail::shape_str(map.sizes()) : std::string("undefined"),
+                " does not fit the input ", detail::shape_str(xf.sizes()));
+  at::Tensor attr = map.detach().to(at::kDouble).expand_as(xf);
+  Target t = fixed_target(model, xf, target);
+  at::NoGradGuard no_grad;
+  auto score = [&](const at::Tensor& rows, const Target& tt) {
+    at::Tensor out = model.predict(rows);
+    return tt.scores(out, tt.resolve(out), o.score()).to(at::kDouble);
+  };
+  at::Tensor clean = score(xf, t);  // [N]
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(o.seed());
+  // Rows perturbation-major: row j * N + b; all perturbations of a batch in one forward.
+  at::Tensor noise = at::randn({k, n, xf.size(1), xf.size(2), xf.size(3)}, gen, xf.options()) * o.noise_std();
+  at::Tensor rows = (xf.unsqueeze(0) - noise).reshape({k * n, xf.size(1), xf.size(2), xf.size(3)});
+  at::Tensor idx = at::arange(n, at::kLong).repeat({k});
+  at::Tensor perturbed = score(rows, t.select(idx, n)).view({k, n});
+  at::Tensor df = clean.unsqueeze(0) - perturbed;                               // [k, N]
+  at::Tensor ia = (noise.to(at::kDouble) * attr.unsqueeze(0)).flatten(2).sum(2);  // [k, N]
+  if (o.normalize()) {
+    at::Tensor den = (ia * ia).mean(0);
+    at::Tensor beta = at::where(den > 0, (ia * df).mean(0) / den, at::zeros_like(den));
+    ia = ia * beta.unsqueeze(0);
+  }
+  return (ia - df).pow(2).mean(0);
+}
+
+at::Tensor max_sensitivity(const Model& model, const at::Tensor& x, const ExplainFn& explain, const Target& target,
+                           const SensitivityOptions& o) {
+  SALIENT_CHECK(explain != nullptr, "max_sensitivity: no method given");
+  at::Tensor xf = detail::checked_input(x, "max_sensitivity");
+  SALIENT_CHECK(o.n_perturb() >= 1, "max_sensitivity: n_perturb must be >= 1, got ", o.n_perturb());
+  SALIENT_CHECK(o.radius() > 0, "max_sensitivity: radius must be > 0, got ", o.radius());
+  const int64_t n = xf.size(0);
+  Target t = fixed_target(model, xf, target);
+  at::Tensor e0 = explain(model, xf, t).map.detach().to(at::kDouble).reshape({n, -1});
+  at::Tensor norm0 = e0.norm(2, {1});
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(o.seed());
+  at::Tensor best = at::zeros({n}, at::kDouble);
+  for (int64_t j = 0; j < o.n_perturb(); ++j) {
+    at::Tensor delta = (at::rand(xf.sizes(), gen, xf.options()) * 2 - 1) * o.radius();
+    at::Tensor e = explain(model, xf + delta, t).map.detach().to(at::kDouble).reshape({n, -1});
+    best = at::maximum(best, (e - e0).norm(2, {1}));
+  }
+  return at::where(norm0 > 0, best / norm0, at::zeros_like(best));
+}
+
+}  // namespace salient
