@@ -13,6 +13,8 @@ import os
 import shutil
 import sys
 
+from PIL import Image
+
 PUBLISHED = {"gradcam": 90.4, "rise": 86.4, "vanilla": 72.3, "centre": 69.6}
 
 
@@ -48,6 +50,16 @@ def main():
     for name in ("deletion", "insertion"):
         shutil.copy(os.path.join(ev, "localisation", name + ".png"), os.path.join(img_dir, "results_" + name + ".png"))
     shutil.copy(os.path.join(ev, "sanity", "sanity.png"), os.path.join(img_dir, "results_sanity.png"))
+    panels = []
+    for i in range(3):
+        src = os.path.join(ev, "panels", f"{i:04d}.panel.png")
+        if os.path.exists(src):
+            dst = f"results_panel_{i}.png"
+            # A 256-colour palette keeps each panel near 200 KB in the repository.
+            Image.open(src).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT,
+                                                    dither=Image.Dither.NONE).save(os.path.join(img_dir, dst),
+                                                                                   optimize=True)
+            panels.append(dst)
 
     def cell(m, k, pct=False):
         s = loc[m].get(k)
@@ -78,6 +90,13 @@ def main():
         w(f"| {m} | {cell(m, 'pointing', True)} | {cell(m, 'energy')} | {cell(m, 'deletion')} | {cell(m, 'insertion')} |")
     w(f"| *centre of the image* | {centre:.1f}% | | | |")
     w("")
+    if panels:
+        w("The first three evaluation images with a method of each family, explaining the true class")
+        w("(the caption's target):")
+        w("")
+        for p in panels:
+            w(f"![panel](images/{p})")
+        w("")
     w("![deletion curves](images/results_deletion.png)")
     w("![insertion curves](images/results_insertion.png)")
     w("")
