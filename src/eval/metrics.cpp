@@ -70,7 +70,7 @@ bool peak(const at::Tensor& m, int64_t* py, int64_t* px) {
 Curve perturbation_curve(const Model& model, const at::Tensor& x, const at::Tensor& map, const Target& target,
                          const PerturbationCurveOptions& o, bool insert, const char* name) {
   at::Tensor xf = detail::checked_input(x, name);
-  const int64_t n = xf.size(0), c = xf.size(1), h = xf.size(2), w = xf.size(3), hw = h * w;
+  const int64_t n = xf.size(0), h = xf.size(2), w = xf.size(3), hw = h * w;
   at::Tensor sal = pixel_saliency(map, o.reduce());
   SALIENT_CHECK(sal.size(0) == n && sal.size(1) == h && sal.size(2) == w, name, ": map ", detail::shape_str(map.sizes()),
                 " does not fit the input ", detail::shape_str(xf.sizes()));
@@ -85,16 +85,15 @@ Curve perturbation_curve(const Model& model, const at::Tensor& x, const at::Tens
   at::Tensor rank = at::empty_like(order);
   rank.scatter_(1, order, at::arange(hw, order.options()).expand({n, hw}));
   at::Tensor thresholds = (at::arange(steps + 1, order.options()) * step).clamp_max(hw);  // pixels changed
-  at::Tensor blurred = gaussian_blur(xf, 11, 5.0);
   at::Tensor start, end;  // row values where a pixel is / is not yet changed
   if (insert) {
-    start = blurred;
+    start = gaussian_blur(xf, 11, 5.0);
     end = xf;
   } else {
     start = xf;
     switch (o.substrate()) {
       case Substrate::Zero: end = at::zeros_like(xf); break;
-      case Substrate::Blur: end = blurred; break;
+      case Substrate::Blur: end = gaussian_blur(xf, 11, 5.0); break;
       case Substrate::Mean: end = xf.mean({2, 3}, /*keepdim=*/true).expand_as(xf); break;
     }
   }
@@ -118,7 +117,6 @@ Curve perturbation_curve(const Model& model, const at::Tensor& x, const at::Tens
   curve.auc = ((curve.scores.slice(1, 1) + curve.scores.slice(1, 0, steps)) * 0.5 * df).sum(1);
   curve.targets = classes.empty() ? at::full({n}, -1, order.options()) : at::tensor(classes);
   curve.forward_samples = probe.forward_samples + rows;
-  (void)c;
   return curve;
 }
 

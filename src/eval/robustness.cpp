@@ -6,16 +6,6 @@
 
 namespace salient {
 
-namespace {
-
-// Classes fixed on x: explicit ones as given, predicted ones from one forward.
-Target fixed_target(const Model& model, const at::Tensor& x, const Target& target) {
-  if (!target.is_predicted()) return target;
-  return Target::per_sample(detail::to_vector(target.resolve(model.predict(x))));
-}
-
-}  // namespace
-
 at::Tensor infidelity(const Model& model, const at::Tensor& x, const at::Tensor& map, const Target& target,
                       const InfidelityOptions& o) {
   at::Tensor xf = detail::checked_input(x, "infidelity");
@@ -27,7 +17,7 @@ at::Tensor infidelity(const Model& model, const at::Tensor& x, const at::Tensor&
                 "infidelity: map ", map.defined() ? detail::shape_str(map.sizes()) : std::string("undefined"),
                 " does not fit the input ", detail::shape_str(xf.sizes()));
   at::Tensor attr = map.detach().to(at::kDouble).expand_as(xf);
-  Target t = fixed_target(model, xf, target);
+  Target t = detail::fixed_target(model, xf, target);
   at::NoGradGuard no_grad;
   auto score = [&](const at::Tensor& rows, const Target& tt) {
     at::Tensor out = model.predict(rows);
@@ -57,7 +47,7 @@ at::Tensor max_sensitivity(const Model& model, const at::Tensor& x, const Explai
   SALIENT_CHECK(o.n_perturb() >= 1, "max_sensitivity: n_perturb must be >= 1, got ", o.n_perturb());
   SALIENT_CHECK(o.radius() > 0, "max_sensitivity: radius must be > 0, got ", o.radius());
   const int64_t n = xf.size(0);
-  Target t = fixed_target(model, xf, target);
+  Target t = detail::fixed_target(model, xf, target);
   at::Tensor e0 = explain(model, xf, t).map.detach().to(at::kDouble).reshape({n, -1});
   at::Tensor norm0 = e0.norm(2, {1});
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(o.seed());

@@ -12,8 +12,7 @@ SanityCurve cascading_randomization(const Model& model, const at::Tensor& x, con
   SALIENT_CHECK(explain != nullptr, "sanity check: no method given");
   at::Tensor xf = detail::checked_input(x, "sanity check");
   // The class stays the original model's, as Adebayo et al. compare maps of one class.
-  Target fixed = target;
-  if (target.is_predicted()) fixed = Target::per_sample(detail::to_vector(target.resolve(model.predict(xf))));
+  const Target fixed = detail::fixed_target(model, xf, target);
   const int64_t n = xf.size(0);
   Attribution original = explain(model, xf, fixed);
   at::Tensor abs0 = pixel_saliency(original.map, ChannelReduce::MaxAbs);

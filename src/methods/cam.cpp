@@ -40,10 +40,7 @@ LayerPass layer_pass(const Model& model, const at::Tensor& x, const Target& targ
 // ReLU and upsampling, common to all variants.
 Attribution finish(LayerPass& p, const at::Tensor& raw, const at::Tensor& weights) {
   Attribution a = std::move(p.result);
-  a.raw = raw;
-  a.weights = weights;
-  a.layer_map = at::relu(raw);
-  a.map = at::upsample_bilinear2d(a.layer_map, {p.height, p.width}, /*align_corners=*/false);
+  detail::finish_cam(&a, raw, weights, p.height, p.width);
   return a;
 }
 

@@ -84,6 +84,18 @@ int64_t forward_chunk_rows(const Model& model, const at::Tensor& x, int64_t budg
   return std::max<int64_t>(1, budget / per_row);
 }
 
+void finish_cam(Attribution* a, const at::Tensor& raw, const at::Tensor& weights, int64_t height, int64_t width) {
+  a->raw = raw;
+  a->weights = weights;
+  a->layer_map = at::relu(raw);
+  a->map = at::upsample_bilinear2d(a->layer_map, {height, width}, /*align_corners=*/false);
+}
+
+Target fixed_target(const Model& model, const at::Tensor& x, const Target& target) {
+  if (!target.is_predicted()) return target;
+  return Target::per_sample(to_vector(target.resolve(model.predict(x))));
+}
+
 std::vector<int64_t> sample_shape(const at::Tensor& x) { return x.sizes().slice(1).vec(); }
 
 }  // namespace detail

@@ -49,6 +49,14 @@ std::function<at::Tensor(int64_t, int64_t)> input_rows(const Model& model,
 // Rows per forward-only chunk under `budget` bytes for samples like x's.
 int64_t forward_chunk_rows(const Model& model, const at::Tensor& x, int64_t budget);
 
+// The CAM family's common end: raw [N,1,h,w] and weights into a, then ReLU
+// (layer_map) and bilinear upsampling to height x width, align_corners = false (map).
+void finish_cam(Attribution* a, const at::Tensor& raw, const at::Tensor& weights, int64_t height, int64_t width);
+
+// Target with the classes fixed: predicted() resolved by one forward of x (so that
+// perturbed or re-drawn copies explain the same class); others as they are.
+Target fixed_target(const Model& model, const at::Tensor& x, const Target& target);
+
 // [C, H, W] of a batch.
 std::vector<int64_t> sample_shape(const at::Tensor& x);
 

@@ -211,12 +211,11 @@ Attribution from_gradient_pass(const GradientPass& p, const std::string& method)
     a.map = map;
   } else if (kLayer.count(method)) {
     a.layer = p.layer;
-    a.raw = cam_raw(method, p.act, p.act_grad, &a.weights);
-    a.layer_map = at::relu(a.raw);
-    if (method == "guided_gradcam")
-      a.map = p.guided_grad * at::upsample_nearest2d(a.layer_map, {height, width});
-    else
-      a.map = at::upsample_bilinear2d(a.layer_map, {height, width}, /*align_corners=*/false);
+    at::Tensor weights;
+    at::Tensor raw = cam_raw(method, p.act, p.act_grad, &weights);
+    finish_cam(&a, raw, weights, height, width);
+    // Captum's GuidedGradCam: the CAM upsampled by nearest neighbour times guided backprop.
+    if (method == "guided_gradcam") a.map = p.guided_grad * at::upsample_nearest2d(a.layer_map, {height, width});
   } else {
     SALIENT_FAIL("internal: '", method, "' has no gradient pass");
   }

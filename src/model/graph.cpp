@@ -117,6 +117,21 @@ void collect_nodes(torch::jit::Block* block, std::vector<Node*>* out) {
   }
 }
 
+// Makes functional exactly the in-place ops that write to `values` (or an alias of one),
+// so that the values keep what they held when produced.
+void make_writers_functional(const std::shared_ptr<Graph>& g, const std::vector<Value*>& values) {
+  torch::jit::ValueSet targets(values.begin(), values.end());
+  std::unordered_set<Node*> writers;
+  {
+    torch::jit::AliasDb db(g);
+    std::vector<Node*> all;
+    collect_nodes(g->block(), &all);
+    for (Node* n : all)
+      if (db.writesToAlias(n, targets)) writers.insert(n);
+  }
+  if (!writers.empty()) torch::jit::RemoveTensorMutation(g, [&](Node* n) { return writers.count(n) > 0; });
+}
+
 }  // namespace
 
 TapGraph::TapGraph(const std::shared_ptr<Graph>& forward) : inlined_(forward->copy()) {
@@ -177,21 +192,7 @@ std::shared_ptr<Graph> TapGraph::with_taps(const std::vector<ValueRef>& requeste
     for (const auto& t : taps) found.push_back(by_tag.at(t.node)->outputs().at(t.output));
     return found;
   };
-  if (!taps.empty() && inlined_ != graph_) {
-    // Make functional exactly the in-place ops that write to a tap (or an alias of one).
-    auto found = locate();
-    torch::jit::ValueSet tapped(found.begin(), found.end());
-    std::unordered_set<Node*> writers;
-    {
-      torch::jit::AliasDb db(g);
-      std::vector<Node*> all;
-      collect_nodes(g->block(), &all);
-      for (Node* n : all)
-        if (db.writesToAlias(n, tapped)) writers.insert(n);
-    }
-    if (!writers.empty())
-      torch::jit::RemoveTensorMutation(g, [&](Node* n) { return writers.count(n) > 0; });
-  }
+  if (!taps.empty() && inlined_ != graph_) make_writers_functional(g, locate());
   std::vector<Value*> all = locate();  // again: the rewrite replaced some nodes
   std::vector<Value*> values(all.begin(), all.begin() + requested.size());
   std::vector<Value*> relu_outs(all.begin() + requested.size(), all.end());
@@ -279,18 +280,7 @@ TapGraph::Suffix TapGraph::suffix(const ValueRef& layer, bool allow_cut) const {
   };
   // In-place ops that write to the activation become functional: the rest must read the
   // activation we hand it, not a tensor an in-place op left behind.
-  if (inlined_ != graph_) {
-    torch::jit::ValueSet tapped{locate()};
-    std::unordered_set<Node*> writers;
-    {
-      torch::jit::AliasDb db(g);
-      std::vector<Node*> all;
-      collect_nodes(g->block(), &all);
-      for (Node* n : all)
-        if (db.writesToAlias(n, tapped)) writers.insert(n);
-    }
-    if (!writers.empty()) torch::jit::RemoveTensorMutation(g, [&](Node* n) { return writers.count(n) > 0; });
-  }
+  if (inlined_ != graph_) make_writers_functional(g, {locate()});
   Value* act = locate();
   Value* act_in = g->addInput("salient_activation");
   act_in->setType(act->type());
