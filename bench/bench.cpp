@@ -286,6 +286,27 @@ std::vector<Row> bench_model(const std::string& label, const std::string& path, 
       label, "reciprocam", std::to_string(1 + positions) + " eager forwards, batches of " + std::to_string(fwd_batch),
       0.6, [&] { salient::reciprocam(model, x, t); },
       [&] { eager_forwards(raw, x, 1 + positions, fwd_batch); }, few));
+
+  // Metrics: forward-only on the frozen graph, against as many plain eager forwards.
+  const at::Tensor gmap = salient::gradcam(model, x, t).map;
+  auto del_o = salient::PerturbationCurveOptions();
+  const int64_t curve_rows = salient::deletion(model, x, gmap, t, del_o).forward_samples;
+  rows.push_back(compare(
+      label, "metric deletion-1%", std::to_string(curve_rows) + " eager forwards, batches of " + std::to_string(fwd_batch),
+      0.6, [&] { salient::deletion(model, x, gmap, t, del_o); },
+      [&] { eager_forwards(raw, x, curve_rows, fwd_batch); }, few));
+  rows.push_back(compare(
+      label, "metric insertion-1%", std::to_string(curve_rows) + " eager forwards, batches of " + std::to_string(fwd_batch),
+      0.6, [&] { salient::insertion(model, x, gmap, t, del_o); },
+      [&] { eager_forwards(raw, x, curve_rows, fwd_batch); }, few));
+  // ROAD's baseline is its 18 forwards alone: the imputation (a sparse solve per removed
+  // set) is work the forwards do not do, so this row shows what it adds.
+  rows.push_back(compare(
+      label, "metric road", "18 eager forwards, batches of " + std::to_string(fwd_batch), 0.6,
+      [&] { salient::road(model, x, gmap, t); }, [&] { eager_forwards(raw, x, 18, fwd_batch); }, few));
+  rows.push_back(compare(
+      label, "metric infidelity-10", "11 eager forwards, one batch", 0.6,
+      [&] { salient::infidelity(model, x, gmap, t); }, [&] { eager_forwards(raw, x, 11, 11); }, few));
   return rows;
 }
 

@@ -32,6 +32,15 @@ std::string msg_of(const std::function<void()>& f);
 
 std::vector<int64_t> to_vector(const at::Tensor& t);  // int64 tensor -> vector
 
+// The salient command line run with stdout and stderr together.
+struct CliRun {
+  int code = -1;
+  std::string out;
+  std::vector<std::string> lines() const;  // non-empty lines
+  std::string last_line() const;
+};
+CliRun salient_cli(const std::string& args);
+
 // A scripted module built in C++ with torch::jit::Module::define.
 torch::jit::Module linear_model(const at::Tensor& weight, const at::Tensor& bias);
 torch::jit::Module one_conv_model(const at::Tensor& conv_w, const at::Tensor& conv_b, const at::Tensor& fc_w);

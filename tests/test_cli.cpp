@@ -17,32 +17,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct CliRun {
-  int code = -1;
-  std::string out;
-  std::vector<std::string> lines() const {
-    std::vector<std::string> v;
-    std::istringstream is(out);
-    std::string l;
-    while (std::getline(is, l))
-      if (!l.empty()) v.push_back(l);
-    return v;
-  }
-};
-
-CliRun salient_cli(const std::string& args) {
-  CliRun r;
-  std::string cmd = std::string(SALIENT_CLI) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) r.out.append(buf, n);
-  int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-
 std::string ref_model() { return data("reference/smallcnn_traced.pt"); }
 
 size_t files_in(const std::string& dir) {

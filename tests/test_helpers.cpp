@@ -1,4 +1,7 @@
 #include <nlohmann/json.hpp>
+#include <sys/wait.h>
+
+#include <cstdio>
 
 #include <cstdlib>
 #include <filesystem>
@@ -109,6 +112,31 @@ def forward(self, x):
     return torch.matmul(torch.mean(a, [2, 3]), self.fc_weight.t())
 )");
   return m;
+}
+
+std::vector<std::string> CliRun::lines() const {
+  std::vector<std::string> v;
+  std::istringstream is(out);
+  for (std::string l; std::getline(is, l);)
+    if (!l.empty()) v.push_back(l);
+  return v;
+}
+
+std::string CliRun::last_line() const {
+  auto v = lines();
+  return v.empty() ? std::string() : v.back();
+}
+
+CliRun salient_cli(const std::string& args) {
+  CliRun r;
+  FILE* p = popen((std::string(SALIENT_CLI) + " " + args + " 2>&1").c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) r.out.append(buf, n);
+  const int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
 }
 
 }  // namespace testing_salient

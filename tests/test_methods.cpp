@@ -482,6 +482,9 @@ TEST(ReciproCam, OnAOneConvModelTheLogitMapIsGradCamsMap) {
 
 TEST(AblationCam, BatchedEqualsPerSampleAndRejectsNon4DLayers) {
   auto model = Model::load(data("models/resnet_tiny_scripted.pt"));
+  // Seeded: Ablation-CAM's weights divide by the clean score, and an unlucky draw with a
+  // score near zero magnifies float rounding past any fixed tolerance.
+  at::manual_seed(4);
   at::Tensor x = at::randn({3, 3, 16, 16});
   auto all = salient::ablationcam(model, x, Target::per_sample({0, 1, 2}), salient::AblationCamOptions().layer("body.0"));
   auto one = salient::ablationcam(model, x.narrow(0, 2, 1), Target::index(2), salient::AblationCamOptions().layer("body.0"));

@@ -190,3 +190,109 @@ TEST(MaxSensitivity, ZeroForAConstantGradientBoundedForInputTimesGradient) {
   EXPECT_GT(s, 0.0);
   EXPECT_LE(s, bound * (1 + 1e-6));
 }
+
+namespace {
+
+// Rong et al.'s system written out densely, as their reference code sets it up: for each
+// removed pixel, (sum of in-image neighbour weights) v_i - sum over removed neighbours
+// w v_j = sum over known neighbours w x_k.
+at::Tensor dense_imputation(const at::Tensor& img, const at::Tensor& removed) {
+  const int64_t h = img.size(0), w = img.size(1);
+  std::vector<int64_t> index(h * w, -1), cells;
+  for (int64_t i = 0; i < h * w; ++i)
+    if (removed.flatten()[i].item<bool>()) index[i] = static_cast<int64_t>(cells.size()), cells.push_back(i);
+  const int64_t m = static_cast<int64_t>(cells.size());
+  at::Tensor a = at::zeros({m, m}, at::kDouble), b = at::zeros({m}, at::kDouble);
+  at::Tensor v = img.to(at::kDouble).flatten();
+  for (int64_t e = 0; e < m; ++e) {
+    const int64_t y = cells[e] / w, x = cells[e] % w;
+    for (int64_t dy = -1; dy <= 1; ++dy)
+      for (int64_t dx = -1; dx <= 1; ++dx) {
+        if ((dy == 0 && dx == 0) || y + dy < 0 || y + dy >= h || x + dx < 0 || x + dx >= w) continue;
+        const double wt = (dy == 0 || dx == 0) ? 1.0 / 6 : 1.0 / 12;
+        const int64_t q = (y + dy) * w + x + dx;
+        a[e][e] += wt;
+        if (index[q] >= 0)
+          a[e][index[q]] -= wt;
+        else
+          b[e] += wt * v[q].item<double>();
+      }
+  }
+  at::Tensor sol = at::linalg_solve(a, b);
+  at::Tensor out = v.clone();
+  for (int64_t e = 0; e < m; ++e) out[cells[e]] = sol[e];
+  return out.view({h, w}).to(at::kFloat);
+}
+
+}  // namespace
+
+TEST(Road, ImputationSolvesRongsSystemAndKeepsLinearRampsExact) {
+  // A linear ramp is reproduced exactly where no removed pixel touches the border (the
+  // symmetric weights average a linear function to its centre).
+  at::Tensor ramp = (at::arange(12).view({1, 12}) * 0.5 + at::arange(12).view({12, 1}) * 0.25 - 1).to(at::kFloat);
+  at::Tensor hole = at::zeros({1, 12, 12}, at::kBool);
+  hole.slice(1, 3, 9).slice(2, 2, 7).fill_(true);
+  at::Tensor out = salient::noisy_linear_imputation(ramp.view({1, 1, 12, 12}), hole, /*noise=*/0);
+  EXPECT_TRUE(close(out[0][0], ramp, 1e-4, 0));  // the solver stops at relative residual 1e-5
+  // Irregular removed sets touching the border, on a random 3-channel image: each channel
+  // equals the dense solution of the system; known pixels are kept as they were.
+  at::manual_seed(5);
+  at::Tensor img = at::rand({1, 3, 19, 23});
+  at::Tensor removed = at::rand({1, 19, 23}) < 0.7;
+  removed[0][0][0] = true;
+  at::Tensor filled = salient::noisy_linear_imputation(img, removed, 0);
+  for (int64_t c = 0; c < 3; ++c)
+    EXPECT_TRUE(close(filled[0][c], dense_imputation(img[0][c], removed[0]), 1e-4, 0)) << c;
+  // Noise: N(0, 0.01^2) at removed pixels only.
+  at::Tensor noisy = salient::noisy_linear_imputation(img, removed, 0.01, 3);
+  at::Tensor diff = (noisy - filled)[0];
+  at::Tensor at_removed = diff.masked_select(removed.expand({3, 19, 23}));
+  EXPECT_NEAR(at_removed.std().item<double>(), 0.01, 0.001);
+  EXPECT_EQ(diff.masked_select(~removed.expand({3, 19, 23})).abs().max().item<float>(), 0.f);
+  EXPECT_NE(msg_of([&] { salient::noisy_linear_imputation(img, at::ones({1, 19, 23}), 0); }).find("every pixel removed"),
+            std::string::npos);
+}
+
+TEST(Road, TheTrueMaskBeatsRandomMapsBothWaysAndBatchedEqualsPerSample) {
+  // A bright 4x4 object; logit 0 = sum of the object's pixels - 8. Removing the object
+  // (MoRF) destroys the class evidence, keeping it to the end (LeRF) preserves it.
+  const int64_t s = 12;
+  at::Tensor mask = at::zeros({s, s});
+  mask.slice(0, 3, 7).slice(1, 5, 9).fill_(1);
+  at::Tensor w = at::stack({mask.flatten(), at::zeros({s * s})});
+  auto model = Model::from_module(linear_model(w, at::tensor({-8.f, 0.f})), "lin");
+  at::manual_seed(3);
+  at::Tensor x = (mask + 0.05 * at::rand({s, s})).view({1, 1, s, s});
+  at::Tensor truth = mask.view({1, 1, s, s}) + 0.01 * at::rand({1, 1, s, s});
+  auto r = salient::road(model, x, truth, Target::index(0));
+  ASSERT_EQ(r.morf.sizes(), (at::IntArrayRef{1, 9}));
+  // MoRF at 20% already covers the 16 object pixels (29 removed): the score is gone.
+  EXPECT_LT(r.morf[0][1].item<double>(), 0.05);
+  // LeRF up to 80% keeps the object (115 removed, 29 left): it is still recognised.
+  EXPECT_GT(r.lerf[0][7].item<double>(), 0.9);
+  for (int i = 0; i < 10; ++i) {
+    auto random = salient::road(model, x, at::rand({1, 1, s, s}), Target::index(0));
+    EXPECT_LT(r.morf_mean[0].item<double>(), random.morf_mean[0].item<double>()) << i;
+    EXPECT_GT(r.lerf_mean[0].item<double>(), random.lerf_mean[0].item<double>()) << i;
+    EXPECT_GT(r.combined[0].item<double>(), random.combined[0].item<double>()) << i;
+  }
+  EXPECT_NEAR(r.combined[0].item<double>(), (r.lerf_mean[0] - r.morf_mean[0]).item<double>() / 2, 1e-7);
+  EXPECT_EQ(r.forward_samples, 18);  // 9 fractions x 2 orders, explicit target: no probe
+
+  auto cnn = Model::load(data("reference/smallcnn_traced.pt"));
+  at::Tensor xs = reference()["input"].narrow(0, 0, 2);
+  at::Tensor gc = salient::gradcam(cnn, xs, Target::per_sample({0, 1})).map;
+  auto o = salient::RoadOptions().fractions({0.25, 0.5, 0.75});
+  auto both = salient::road(cnn, xs, gc, Target::per_sample({0, 1}), o);
+  for (int64_t i = 0; i < 2; ++i) {
+    auto one = salient::road(cnn, xs.narrow(0, i, 1), gc.narrow(0, i, 1), Target::index(i), o);
+    EXPECT_TRUE(close(one.morf[0], both.morf[i], 1e-6, 1e-4)) << i;
+    EXPECT_TRUE(close(one.lerf[0], both.lerf[i], 1e-6, 1e-4)) << i;
+  }
+  // A constant map removes pixels in raster order: defined and finite, never NaN.
+  auto flat = salient::road(cnn, xs, at::zeros({2, 1, 64, 64}), Target::per_sample({0, 1}), o);
+  EXPECT_TRUE(at::isfinite(flat.combined).all().item<bool>());
+  EXPECT_NE(msg_of([&] { salient::road(cnn, xs, gc, Target::index(0), salient::RoadOptions().fractions({0.5, 1.0})); })
+                .find("fractions must lie in (0, 1)"),
+            std::string::npos);
+}

@@ -72,6 +72,39 @@ Curve deletion(const Model& model, const at::Tensor& x, const at::Tensor& map, c
 Curve insertion(const Model& model, const at::Tensor& x, const at::Tensor& map,
                 const Target& target = Target::predicted(), const PerturbationCurveOptions& options = {});
 
+// ROAD (Rong et al. 2022, RemOve And Debias): at each fraction f the f*H*W most (MoRF)
+// or least (LeRF) salient pixels (raster order on ties) are removed and filled by noisy
+// linear imputation, then the target is scored forward-only. Imputation keeps the
+// removal from leaking the mask's shape, which plain deletion does. MoRF: lower is
+// better; LeRF: higher is better; combined = (mean LeRF - mean MoRF) / 2, which is
+// pytorch-grad-cam's ROADCombined (its per-fraction values are differences from the
+// unperturbed score, and its MoRF "percentile p" removes the top 100 - p %).
+struct RoadOptions {
+  SALIENT_ARG(std::vector<double>, fractions) = {0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9};
+  SALIENT_ARG(double, noise) = 0.01;  // std of the Gaussian noise added to imputed values
+  SALIENT_ARG(uint64_t, seed) = 0;
+  SALIENT_ARG(ChannelReduce, reduce) = ChannelReduce::MaxAbs;
+  SALIENT_ARG(Score, score) = Score::Probability;
+  SALIENT_ARG(int64_t, memory_budget) = int64_t(1) << 30;
+  SALIENT_ARG(bool, optimized) = true;
+};
+struct RoadResult {
+  at::Tensor fraction;             // [K]
+  at::Tensor morf, lerf;           // [N, K] scores with the most / least salient pixels removed
+  at::Tensor morf_mean, lerf_mean;  // [N] means over the fractions
+  at::Tensor combined;             // [N] (lerf_mean - morf_mean) / 2, higher is better
+  at::Tensor targets;              // [N]
+  int64_t forward_samples = 0;
+};
+RoadResult road(const Model& model, const at::Tensor& x, const at::Tensor& map, const Target& target = Target::predicted(),
+                const RoadOptions& options = {});
+// Rong et al.'s noisy linear imputation of x [N,C,H,W] where removed [N,H,W] is non-zero:
+// each removed pixel becomes the weighted mean of its 8 neighbours (1/6 edge, 1/12
+// corner; a sparse linear system solved per channel by SSOR-preconditioned conjugate
+// gradients to a relative residual of 1e-5), plus N(0, noise^2).
+at::Tensor noisy_linear_imputation(const at::Tensor& x, const at::Tensor& removed, double noise = 0.01,
+                                   uint64_t seed = 0);
+
 // A box in pixels of the model input, inclusive: x0 <= x <= x1, y0 <= y <= y1.
 using Box = std::array<int64_t, 4>;
 

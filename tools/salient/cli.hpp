@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 #include <opencv2/core.hpp>
 
+#include <fstream>
 #include <map>
 #include <string>
 #include <vector>
@@ -19,8 +20,38 @@ Runner add_explain(CLI::App& app);
 Runner add_layers(CLI::App& app);
 Runner add_demo(CLI::App& app);
 Runner add_evaluate(CLI::App& app);
+Runner add_batch(CLI::App& app);
+Runner add_report(CLI::App& app);
+
+// Writes DIR/report.html from DIR/results.jsonl and DIR/errors.jsonl (the files
+// `salient batch` writes; shards' results-*-of-*.jsonl too): a self-contained page, images
+// referenced relatively. Returns the number of rows.
+size_t write_report(const std::string& dir);
 
 std::vector<std::string> split(const std::string& s, char sep);
+
+// Calls f(object, "file:line") for each non-blank line of a JSON-lines file; an unreadable
+// file or a line that is not a JSON object is an error naming the file (and line).
+template <typename Json, typename F>
+void for_each_json_line(const std::string& path, F f) {
+  std::ifstream in(path, std::ios::binary);
+  SALIENT_CHECK(in.good(), "'", path, "' not found or not readable");
+  std::string line;
+  int64_t no = 0;
+  while (std::getline(in, line)) {
+    ++no;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = path + ":" + std::to_string(no);
+    Json j;
+    try {
+      j = Json::parse(line);
+    } catch (const std::exception& e) {
+      SALIENT_FAIL(where, ": not a JSON object (", e.what(), ")");
+    }
+    SALIENT_CHECK(j.is_object(), where, ": not a JSON object");
+    f(j, where);
+  }
+}
 std::vector<int64_t> parse_dims(const std::string& s, const char* flag);  // "3x224x224"
 int64_t parse_int(const std::string& s, const char* flag);
 std::vector<float> parse_floats(const std::string& s, const char* flag);

@@ -37,8 +37,8 @@ struct EvaluateArgs {
   int64_t sanity_images = 8;
 };
 
-const std::vector<std::string> kMetrics = {"deletion",   "insertion",   "pointing",    "energy",
-                                           "infidelity", "sensitivity", "completeness", "sanity"};
+const std::vector<std::string> kMetrics = {"deletion",    "insertion",   "road",        "pointing",   "energy",
+                                           "infidelity",  "sensitivity", "completeness", "sanity"};
 
 // One manifest entry, loaded.
 struct Entry {
@@ -56,24 +56,10 @@ std::string resolve_path(const fs::path& base, const std::string& p) {
 }
 
 std::vector<Entry> read_manifest(const std::string& path, const io::Preprocess& pre, int channels) {
-  std::ifstream f(path);
-  SALIENT_CHECK(f.good(), "--data '", path, "' not found or not readable");
   const fs::path base = fs::path(path).parent_path();
   std::vector<Entry> out;
   std::map<std::string, at::Tensor> npy_cache;
-  std::string line;
-  int64_t no = 0;
-  while (std::getline(f, line)) {
-    ++no;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = path + ":" + std::to_string(no);
-    json j;
-    try {
-      j = json::parse(line);
-    } catch (const std::exception& e) {
-      SALIENT_FAIL(where, ": not a JSON object (", e.what(), ")");
-    }
-    SALIENT_CHECK(j.is_object(), where, ": not a JSON object");
+  for_each_json_line<json>(path, [&](const json& j, const std::string& where) {
     Entry e;
     if (j.contains("image")) {
       SALIENT_CHECK(j["image"].is_string(), where, ": \"image\" must be a file name");
@@ -120,7 +106,7 @@ std::vector<Entry> read_manifest(const std::string& path, const io::Preprocess& 
       e.has_mask = true;
     }
     out.push_back(std::move(e));
-  }
+  });
   SALIENT_CHECK(!out.empty(), "--data '", path, "' lists no images");
   return out;
 }
@@ -143,7 +129,7 @@ int run_evaluate(const EvaluateArgs& a) {
   std::set<std::string> metrics;
   for (const auto& m : split(a.metrics, ',')) {
     SALIENT_CHECK(std::find(kMetrics.begin(), kMetrics.end(), m) != kMetrics.end(), "--metrics: unknown metric '", m,
-                  "'; use deletion, insertion, pointing, energy, infidelity, sensitivity, completeness, sanity");
+                  "'; use deletion, insertion, road, pointing, energy, infidelity, sensitivity, completeness, sanity");
     metrics.insert(m);
   }
   SALIENT_CHECK(!metrics.empty(), "--metrics: no metric given");
@@ -170,8 +156,11 @@ int run_evaluate(const EvaluateArgs& a) {
                     "' has neither");
 
   std::map<std::string, std::map<std::string, Stat>> stats;  // method -> metric -> values
-  std::map<std::string, std::vector<at::Tensor>> del_curves, ins_curves;
-  at::Tensor fraction;
+  std::map<std::string, std::vector<at::Tensor>> del_curves, ins_curves, morf_curves, lerf_curves;
+  at::Tensor fraction, road_fraction;
+  RoadOptions road_options;
+  road_options.reduce(reduce);
+  if (settings.memory_budget) road_options.memory_budget(*settings.memory_budget);
   std::ostringstream per_image;
   const bool tty = ::isatty(2);
   const size_t total = entries.size();
@@ -198,6 +187,15 @@ int run_evaluate(const EvaluateArgs& a) {
         mj["insertion"] = c.auc[0].item<double>();
         ins_curves[m].push_back(c.scores[0]);
         fraction = c.fraction;
+      }
+      if (metrics.count("road")) {
+        RoadResult r = road(model, e.x, map, t, road_options);
+        mj["road"] = r.combined[0].item<double>();
+        mj["road_morf"] = r.morf_mean[0].item<double>();
+        mj["road_lerf"] = r.lerf_mean[0].item<double>();
+        morf_curves[m].push_back(r.morf[0]);
+        lerf_curves[m].push_back(r.lerf[0]);
+        road_fraction = r.fraction;
       }
       if (metrics.count("pointing"))
         mj["pointing"] = (e.has_mask ? pointing_hit_mask(map[0], e.mask, a.tolerance, reduce)
@@ -303,9 +301,10 @@ int run_evaluate(const EvaluateArgs& a) {
   io::write_file_atomic(path_in_out("summary.csv"), csv.str());
   io::write_file_atomic(path_in_out("per_image.jsonl"), per_image.str());
   auto curve_plot = [&](const std::map<std::string, std::vector<at::Tensor>>& curves, const std::string& what,
-                        const std::string& file) {
+                        const std::string& file, const at::Tensor& fr, const std::string& title,
+                        const std::string& xlabel) {
     std::vector<render::Series> series;
-    std::vector<double> xs(fraction.data_ptr<float>(), fraction.data_ptr<float>() + fraction.numel());
+    std::vector<double> xs(fr.data_ptr<float>(), fr.data_ptr<float>() + fr.numel());
     for (const auto& m : methods) {
       at::Tensor mean = at::stack(curves.at(m)).mean(0).to(at::kDouble).contiguous();
       json s = stats[m][what].summary();
@@ -313,12 +312,20 @@ int run_evaluate(const EvaluateArgs& a) {
       name << m << " " << std::fixed << std::setprecision(3) << s["mean"].get<double>();
       series.push_back({name.str(), xs, std::vector<double>(mean.data_ptr<double>(), mean.data_ptr<double>() + mean.numel())});
     }
-    io::write_png(path_in_out(file), render::plot(series, what + " curves (mean over images; legend: AUC)",
-                                                  "fraction of pixels " + std::string(what == "deletion" ? "removed" : "revealed"),
-                                                  "p(target)"));
+    io::write_png(path_in_out(file), render::plot(series, title, xlabel, "p(target)"));
   };
-  if (metrics.count("deletion")) curve_plot(del_curves, "deletion", "deletion.png");
-  if (metrics.count("insertion")) curve_plot(ins_curves, "insertion", "insertion.png");
+  if (metrics.count("deletion"))
+    curve_plot(del_curves, "deletion", "deletion.png", fraction, "deletion curves (mean over images; legend: AUC)",
+               "fraction of pixels removed");
+  if (metrics.count("insertion"))
+    curve_plot(ins_curves, "insertion", "insertion.png", fraction, "insertion curves (mean over images; legend: AUC)",
+               "fraction of pixels revealed");
+  if (metrics.count("road")) {
+    curve_plot(morf_curves, "road_morf", "road_morf.png", road_fraction,
+               "ROAD, most relevant removed first (legend: mean; lower is better)", "fraction of pixels imputed");
+    curve_plot(lerf_curves, "road_lerf", "road_lerf.png", road_fraction,
+               "ROAD, least relevant removed first (legend: mean; higher is better)", "fraction of pixels imputed");
+  }
   if (metrics.count("sanity")) {
     std::vector<render::Series> series;
     for (const auto& m : methods) {
@@ -353,7 +360,7 @@ Runner add_evaluate(CLI::App& app) {
       ->required();
   app.add_option("--methods,--method", a->methods, "Comma-separated methods, or all")->capture_default_str();
   app.add_option("--metrics", a->metrics,
-                 "deletion, insertion, pointing, energy, infidelity, sensitivity, completeness, sanity")
+                 "deletion, insertion, road, pointing, energy, infidelity, sensitivity, completeness, sanity")
       ->capture_default_str();
   app.add_option("--out,-o", a->out, "Output directory")->required();
   app.add_option("--preset", a->preset, "Preprocessing: imagenet or none")->capture_default_str();
@@ -367,7 +374,7 @@ Runner add_evaluate(CLI::App& app) {
   app.add_option("--sanity-images", a->sanity_images, "Images the sanity check runs on")->capture_default_str();
   add_method_flags(app, &a->flags);
   app.footer("Writes DIR/summary.json ({method: {metric: {mean, std, n}}}), summary.md, summary.csv,\n"
-             "per_image.jsonl, deletion.png, insertion.png, sanity.png and sanity.json.");
+             "per_image.jsonl, deletion.png, insertion.png, road_morf.png, road_lerf.png, sanity.png and sanity.json.");
   return [a] { return run_evaluate(*a); };
 }
 

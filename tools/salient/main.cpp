@@ -28,6 +28,9 @@ int main(int argc, char** argv) {
   add("layers", "List a model's layers with their output shapes", salient::cli::add_layers);
   add("evaluate", "Measure methods: deletion/insertion AUC, pointing game, sanity checks",
       salient::cli::add_evaluate);
+  add("batch", "Explain every image of a folder or manifest: resumable, shardable, with an HTML report",
+      salient::cli::add_batch);
+  add("report", "Write DIR/report.html from a batch run's results", salient::cli::add_report);
   add("demo", "Explain the bundled demo model on its sample images", salient::cli::add_demo);
   try {
     app.parse(argc, argv);
