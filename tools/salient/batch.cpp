@@ -455,15 +455,6 @@ int run_batch(const BatchArgs& a) {
     std::vector<at::Tensor> xs;
     for (auto& g : group) xs.push_back(g.second.x);
     at::Tensor x = at::cat(xs);
-    at::Tensor logits = model.predict(x);
-    at::Tensor probs = at::softmax(logits, 1);
-    std::vector<int64_t> targets;
-    for (size_t j = 0; j < group.size(); ++j) {
-      const Item& item = mine[group[j].first];
-      targets.push_back(item.target >= 0 ? item.target : logits[j].argmax().item<int64_t>());
-    }
-    Target target = Target::per_sample(targets);
-    target.resolve(logits);
     std::vector<std::string> ms = methods;
     if (all) ms = suitable_methods(model, x.sizes().slice(1).vec(), settings.layer);
     if (!announced_layer && settings.layer.empty()) {
@@ -475,7 +466,40 @@ int run_batch(const BatchArgs& a) {
         }
       announced_layer = true;
     }
-    auto results = explain(model, x, ms, target, settings);
+    // The classes: the manifest's, else the predicted ones. Most methods compute the clean
+    // output anyway, so a separate forward runs only when the targets are mixed or no
+    // method gives the output.
+    size_t given = 0;
+    for (const auto& g : group) given += mine[g.first].target >= 0 ? 1 : 0;
+    at::Tensor logits;
+    std::vector<int64_t> targets;
+    auto fill_targets = [&] {
+      targets.clear();
+      for (size_t j = 0; j < group.size(); ++j) {
+        const Item& item = mine[group[j].first];
+        targets.push_back(item.target >= 0 ? item.target : logits[static_cast<int64_t>(j)].argmax().item<int64_t>());
+      }
+    };
+    if (given > 0 && given < group.size()) {
+      logits = model.predict(x);
+      fill_targets();
+    } else if (given == group.size()) {
+      fill_targets();
+    }
+    auto results = explain(model, x, ms, targets.empty() ? Target::predicted() : Target::per_sample(targets), settings);
+    for (const auto& m : ms)
+      if (!logits.defined() && results.at(m).output.defined()) logits = results.at(m).output.detach();
+    if (!logits.defined()) logits = model.predict(x);
+    if (targets.empty()) {
+      fill_targets();
+      // A method that ran on the frozen graph may see a near-tie the other way: explain
+      // the one class per image everywhere.
+      const at::Tensor t = at::tensor(targets);
+      for (const auto& m : ms)
+        if (!results.at(m).targets.defined() || !results.at(m).targets.equal(t))
+          results[m] = explain(model, x, m, Target::per_sample(targets), settings);
+    }
+    at::Tensor probs = at::softmax(logits.to(at::kFloat), 1);
     for (size_t j = 0; j < group.size(); ++j) {
       const size_t pos = group[j].first;
       if (!records[pos].is_null()) continue;  // done before; in the batch for its numerics only
@@ -633,7 +657,7 @@ int run_batch(const BatchArgs& a) {
   size_t failed_total = 0, ok_total = 0;
   for (const auto& r : records)
     if (!r.is_null()) (r.value("status", "") == "ok" ? ok_total : failed_total)++;
-  if (a.report) write_report(a.out);
+  if (a.report && ok_total + failed_total > 0) write_report(a.out);
   const std::string errors_file = (out / ("errors" + suffix + ".jsonl")).string();
   std::ostringstream last;
   last << "done " << done << ", failed " << failed << ", skipped " << skipped;

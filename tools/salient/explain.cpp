@@ -277,7 +277,7 @@ Runner add_explain(CLI::App& app) {
   app.add_option("--input", a->input, ".npy float32 [N,C,H,W], already preprocessed");
   std::string names;
   for (const auto& m : salient::methods()) names += (names.empty() ? "" : ", ") + m.name;
-  app.add_option("--method", a->methods, "Comma-separated methods, or all: " + names)->capture_default_str();
+  app.add_option("--method,--methods", a->methods, "Comma-separated methods, or all: " + names)->capture_default_str();
   app.add_option("--target", a->target, "Class index for every input, or 'predicted'")->capture_default_str();
   app.add_option("--targets", a->targets, "Comma-separated class index per input");
   app.add_option("--preset", a->preset, "Preprocessing: imagenet or none")->capture_default_str();
