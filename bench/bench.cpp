@@ -6,6 +6,7 @@
 // Timings interleave method and baseline (A B A B ...) after warm-up and report the
 // fastest run of each, so that drift and bursts of the machine affect both alike.
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/Parallel.h>
 #include <torch/version.h>
 #include <torch/csrc/autograd/autograd.h>

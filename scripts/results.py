@@ -43,12 +43,17 @@ def main():
     ev, docs = sys.argv[1], sys.argv[2]
     loc = load(os.path.join(ev, "localisation", "summary.json"))
     san = load(os.path.join(ev, "sanity", "summary.json"))
+    road_path = os.path.join(ev, "road", "summary.json")
+    road = load(road_path) if os.path.exists(road_path) else {}
     curves = load(os.path.join(ev, "sanity", "sanity.json"))
     hits, n, tol = centre_hits(os.path.join(ev, "data", "manifest.jsonl"))
     img_dir = os.path.join(docs, "images")
     os.makedirs(img_dir, exist_ok=True)
     for name in ("deletion", "insertion"):
         shutil.copy(os.path.join(ev, "localisation", name + ".png"), os.path.join(img_dir, "results_" + name + ".png"))
+    for name in ("road_morf", "road_lerf"):
+        if road:
+            shutil.copy(os.path.join(ev, "road", name + ".png"), os.path.join(img_dir, "results_" + name + ".png"))
     shutil.copy(os.path.join(ev, "sanity", "sanity.png"), os.path.join(img_dir, "results_sanity.png"))
     panels = []
     for i in range(3):
@@ -100,6 +105,26 @@ def main():
     w("![deletion curves](images/results_deletion.png)")
     w("![insertion curves](images/results_insertion.png)")
     w("")
+    if road:
+        n_road = road[next(iter(road))]["road"]["n"]
+        w("## ROAD")
+        w("")
+        w(f"On the first {n_road} composites, every method: the most (MoRF) or least (LeRF) salient 10%, 20%, …, 90%")
+        w("of the pixels are removed and filled by noisy linear imputation (Rong et al. 2022; the fill comes from")
+        w("the surrounding pixels, so the hole's shape does not give the class away as a black square can), and")
+        w("the true class's probability is averaged over the nine fractions. Combined = (LeRF − MoRF) / 2,")
+        w("higher is better. Sorted by combined:")
+        w("")
+        w("| method | ROAD combined (↑) | MoRF mean (↓) | LeRF mean (↑) |")
+        w("|---|---:|---:|---:|")
+        for m in sorted(road, key=lambda m: -road[m]["road"]["mean"]):
+            r = road[m]
+            w(f"| {m} | {r['road']['mean']:.3f} ± {r['road']['std']:.3f} | {r['road_morf']['mean']:.3f} | "
+              f"{r['road_lerf']['mean']:.3f} |")
+        w("")
+        w("![ROAD MoRF curves](images/results_road_morf.png)")
+        w("![ROAD LeRF curves](images/results_road_lerf.png)")
+        w("")
     g = 100 * loc["gradcam"]["pointing"]["mean"]
     r = 100 * loc["rise"]["pointing"]["mean"]
     v = 100 * loc["vanilla"]["pointing"]["mean"]

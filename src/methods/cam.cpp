@@ -1,5 +1,7 @@
 #include "salient/cam.hpp"
 
+#include <ATen/core/grad_mode.h>
+
 #include <cmath>
 #include <functional>
 

@@ -1,5 +1,7 @@
 #include "methods/common.hpp"
 
+#include <ATen/core/grad_mode.h>
+
 #include <algorithm>
 #include <cmath>
 

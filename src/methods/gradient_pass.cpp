@@ -1,5 +1,7 @@
 #include "methods/gradient_pass.hpp"
 
+#include <ATen/core/grad_mode.h>
+
 #include <algorithm>
 #include <map>
 #include <set>

@@ -1,5 +1,7 @@
 #include "salient/model.hpp"
 
+#include <ATen/core/grad_mode.h>
+
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <torch/csrc/jit/ir/constants.h>
