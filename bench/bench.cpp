@@ -279,6 +279,7 @@ Throughput batch_throughput(const Options& o, const std::string& label, const st
 struct Raw {
   torch::jit::Module m;
   explicit Raw(const std::string& path) : m(torch::jit::load(path)) { m.eval(); }
+  explicit Raw(torch::jit::Module module) : m(std::move(module)) { m.eval(); }
   at::Tensor forward(const at::Tensor& x) { return m.forward({x}).toTensor(); }
 };
 
@@ -444,6 +445,31 @@ std::vector<Row> bench_model(const std::string& label, const std::string& path, 
   rows.push_back(compare(
       label, "metric road", "18 eager forwards, batches of " + std::to_string(fwd_batch), 0.6,
       [&] { salient::road(model, x, gmap, t); }, [&] { eager_forwards(raw, x, 18, fwd_batch); }, few));
+  // Explanation-based metrics with vanilla gradients: sanity re-explains on a randomised
+  // copy per block, max-sensitivity on 10 perturbed inputs.
+  salient::ExplainFn vanilla_fn = [](const salient::Model& m, const at::Tensor& xx, const salient::Target& tt) {
+    return salient::vanilla_gradient(m, xx, tt);
+  };
+  const int64_t blocks = static_cast<int64_t>(model.parameter_blocks().size());
+  rows.push_back(compare(
+      label, "metric sanity-vanilla",
+      std::to_string(blocks) + " module clones + " + std::to_string(blocks + 1) + " forward + input gradient", 1.0,
+      [&] { salient::cascading_randomization(model, x, vanilla_fn, t); },
+      [&] {
+        raw_input_gradient(raw, x, target);
+        for (int64_t b = 0; b < blocks; ++b) {
+          Raw copy{raw.m.clone()};
+          raw_input_gradient(copy, x, target);
+        }
+      },
+      few));
+  rows.push_back(compare(
+      label, "metric sensitivity-vanilla", "11 forward + input gradient", 1.0,
+      [&] { salient::max_sensitivity(model, x, vanilla_fn, t); },
+      [&] {
+        for (int i = 0; i < 11; ++i) raw_input_gradient(raw, x + 0.01 * i, target);
+      },
+      few));
   rows.push_back(compare(
       label, "metric infidelity-10", "11 eager forwards, one batch", 0.6,
       [&] { salient::infidelity(model, x, gmap, t); }, [&] { eager_forwards(raw, x, 11, 11); }, few));

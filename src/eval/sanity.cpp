@@ -26,12 +26,12 @@ SanityCurve cascading_randomization(const Model& model, const at::Tensor& x, con
   curve.spearman_abs = at::zeros({steps, n}, at::kDouble);
   curve.spearman = at::zeros({steps, n}, at::kDouble);
   curve.ssim = at::zeros({steps, n}, at::kDouble);
-  std::vector<std::string> done;
+  Model random = model;
   for (int64_t s = 0; s < steps; ++s) {
-    done.push_back(blocks[s]);
-    // Cascading: every block so far is re-drawn, each with the same weights as at the
-    // step that reached it (Model::randomized seeds module i with seed + i).
-    Model random = model.randomized(done, options.seed());
+    // Cascading: each step re-draws one more block on a copy of the previous step's model,
+    // so the blocks before keep their draws; block s is seeded with seed + s (its original
+    // weights' mean and std are still in the copy).
+    random = random.randomized({blocks[s]}, options.seed() + static_cast<uint64_t>(s));
     Attribution a = explain(random, xf, fixed);
     at::Tensor abs1 = pixel_saliency(a.map, ChannelReduce::MaxAbs);
     at::Tensor signed1 = pixel_saliency(a.map, ChannelReduce::Sum);
