@@ -324,13 +324,19 @@ bool valid_record(const fs::path& out, const fs::path& record, const Item& item,
   return true;
 }
 
-// Leftovers of an interrupted run: temporary files are never trusted, so they go.
+// Leftovers of an interrupted run: temporary files are never trusted, so they go. Only
+// batch's own folders and files are swept; the rest of the folder is the user's.
 void remove_temporaries(const fs::path& out) {
   std::error_code ec;
-  for (auto it = fs::recursive_directory_iterator(out, ec); !ec && it != fs::recursive_directory_iterator();
-       it.increment(ec)) {
+  auto is_temp = [](const fs::path& p) { return p.filename().string().find(".tmp.") != std::string::npos; };
+  for (const char* sub : {"records", "maps", "overlays", "inputs", "panels"})
+    for (auto it = fs::recursive_directory_iterator(out / sub, ec); !ec && it != fs::recursive_directory_iterator();
+         it.increment(ec))
+      if (it->is_regular_file(ec) && is_temp(it->path())) fs::remove(it->path(), ec);
+  for (auto it = fs::directory_iterator(out, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
     const std::string name = it->path().filename().string();
-    if (it->is_regular_file(ec) && name.find(".tmp.") != std::string::npos) fs::remove(it->path(), ec);
+    const bool ours = name.rfind("results", 0) == 0 || name.rfind("errors", 0) == 0 || name.rfind("report.html", 0) == 0;
+    if (ours && it->is_regular_file(ec) && is_temp(it->path())) fs::remove(it->path(), ec);
   }
 }
 
