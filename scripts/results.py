@@ -122,6 +122,16 @@ def main():
             w(f"| {m} | {r['road']['mean']:.3f} ± {r['road']['std']:.3f} | {r['road_morf']['mean']:.3f} | "
               f"{r['road_lerf']['mean']:.3f} |")
         w("")
+        ranked = sorted(road, key=lambda m: -road[m]["road"]["mean"])
+        cams = {"gradcam", "gradcam_plusplus", "xgradcam", "hirescam", "layercam", "gradcam_elementwise",
+                "eigengradcam", "eigencam", "scorecam", "faster_scorecam", "ablationcam", "reciprocam", "guided_gradcam"}
+        top = sum(1 for m in ranked[:len(cams)] if m in cams)
+        w(f"Best: {ranked[0]} ({road[ranked[0]]['road']['mean']:.3f}); last: {ranked[-1]} "
+          f"({road[ranked[-1]]['road']['mean']:.3f}). {top} of the top {len(cams)} are CAM methods: removing their")
+        w("compact regions takes the item away, while the scattered pixels that gradient maps rank first can be")
+        w("filled back in from their neighbours (which is what ROAD's imputation is for), so their MoRF curves")
+        w("fall slowly.")
+        w("")
         w("![ROAD MoRF curves](images/results_road_morf.png)")
         w("![ROAD LeRF curves](images/results_road_lerf.png)")
         w("")
