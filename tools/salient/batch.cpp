@@ -409,7 +409,6 @@ int run_batch(const BatchArgs& a) {
   // Resume: what has a valid record is skipped.
   std::vector<json> records(mine.size());
   std::vector<const Item*> todo;
-  std::vector<size_t> todo_pos;
   size_t skipped = 0;
   for (size_t i = 0; i < mine.size(); ++i) {
     if (valid_record(out, out / "records" / (mine[i].id + ".json"), mine[i], config, &records[i])) {
@@ -417,7 +416,6 @@ int run_batch(const BatchArgs& a) {
     } else {
       records[i] = nullptr;
       todo.push_back(&mine[i]);
-      todo_pos.push_back(i);
     }
   }
 
