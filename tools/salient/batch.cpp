@@ -51,15 +51,10 @@ struct BatchArgs {
   MethodFlags flags;
 };
 
-// One image to explain.
-struct Item {
-  std::string key;     // unique: path relative to --images, or the manifest's name
-  std::string source;  // file read
-  int64_t index = -1;  // row of a .npy input
-  int64_t target = -1;
-  bool has_box = false;
-  Box box{};
-  std::string id;      // file-system-safe output name
+// One image to explain: a manifest entry (key unique: the path relative to --images, or
+// the manifest's name) and its output name.
+struct Item : ManifestEntry {
+  std::string id;  // file-system-safe output name
 };
 
 // What a worker hands to the model: the input or why there is none.
@@ -115,44 +110,15 @@ std::vector<Item> list_images(const std::string& dir) {
   return items;
 }
 
-std::vector<Item> read_batch_manifest(const std::string& path) {
-  const fs::path base = fs::path(path).parent_path();
+std::vector<Item> items_of_manifest(const std::string& path) {
   std::vector<Item> items;
   std::set<std::string> keys;
-  for_each_json_line<json>(path, [&](const json& j, const std::string& where) {
+  for (const ManifestEntry& m : read_manifest(path)) {
+    SALIENT_CHECK(keys.insert(m.key).second, m.where, ": '", m.key, "' is listed twice");
     Item item;
-    auto resolve = [&](const std::string& p) { return fs::path(p).is_absolute() ? p : (base / p).string(); };
-    if (j.contains("image")) {
-      SALIENT_CHECK(j["image"].is_string(), where, ": \"image\" must be a file name");
-      item.key = j["image"].get<std::string>();
-      item.source = resolve(item.key);
-    } else if (j.contains("input")) {
-      SALIENT_CHECK(j["input"].is_string(), where, ": \"input\" must be a .npy file name");
-      SALIENT_CHECK(!j.contains("index") || j["index"].is_number_integer(), where, ": \"index\" must be an integer");
-      item.index = j.value("index", int64_t(0));
-      SALIENT_CHECK(item.index >= 0, where, ": \"index\" must be >= 0");
-      item.key = j["input"].get<std::string>() + "[" + std::to_string(item.index) + "]";
-      item.source = resolve(j["input"].get<std::string>());
-    } else {
-      SALIENT_FAIL(where, ": needs \"image\" or \"input\"");
-    }
-    if (j.contains("target")) {
-      SALIENT_CHECK(j["target"].is_number_integer() && j["target"].get<int64_t>() >= 0, where,
-                    ": \"target\" must be a class index");
-      item.target = j["target"].get<int64_t>();
-    }
-    if (j.contains("box")) {
-      SALIENT_CHECK(j["box"].is_array() && j["box"].size() == 4, where, ": \"box\" must be [x0, y0, x1, y1]");
-      for (int k = 0; k < 4; ++k) {
-        SALIENT_CHECK(j["box"][k].is_number_integer(), where, ": \"box\" must hold 4 integers");
-        item.box[k] = j["box"][k].get<int64_t>();
-      }
-      item.has_box = true;
-    }
-    SALIENT_CHECK(keys.insert(item.key).second, where, ": '", item.key, "' is listed twice");
+    static_cast<ManifestEntry&>(item) = m;
     items.push_back(item);
-  });
-  SALIENT_CHECK(!items.empty(), "--data '", path, "' lists no images");
+  }
   return items;
 }
 
@@ -373,7 +339,7 @@ int run_batch(const BatchArgs& a) {
   std::vector<std::string> labels;
   if (!a.labels.empty()) labels = io::read_labels(a.labels);
 
-  std::vector<Item> items = a.images.empty() ? read_batch_manifest(a.data) : list_images(a.images);
+  std::vector<Item> items = a.images.empty() ? items_of_manifest(a.data) : list_images(a.images);
   SALIENT_CHECK(!items.empty(), "--images '", a.images, "' holds no PNG or JPEG files");
   if ((metrics.count("pointing") || metrics.count("energy")))
     for (const auto& it : items)

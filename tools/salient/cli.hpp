@@ -23,6 +23,21 @@ Runner add_evaluate(CLI::App& app);
 Runner add_batch(CLI::App& app);
 Runner add_report(CLI::App& app);
 
+// One line of an image manifest (evaluate, batch): {"image": F} or {"input": X.npy,
+// "index": i}, optional "target", "box" and "mask". Fields are type-checked here; what
+// needs the loaded image (box inside it, mask size) is checked by the caller.
+struct ManifestEntry {
+  std::string key;     // the "image" string, or "X.npy[i]"
+  std::string source;  // the file to read, resolved against the manifest's folder
+  int64_t index = -1;  // row of a .npy input; -1 for images
+  int64_t target = -1; // -1: the predicted class
+  bool has_box = false;
+  Box box{};
+  std::string mask;    // mask image, resolved; empty for none
+  std::string where;   // "manifest:line", for errors found later
+};
+std::vector<ManifestEntry> read_manifest(const std::string& path);
+
 // Writes DIR/report.html from DIR/results.jsonl and DIR/errors.jsonl (the files
 // `salient batch` writes; shards' results-*-of-*.jsonl too): a self-contained page, images
 // referenced relatively. Returns the number of rows.

@@ -254,5 +254,51 @@ std::string label_of(const std::vector<std::string>& labels, int64_t k) {
   return "class " + std::to_string(k);
 }
 
+std::vector<ManifestEntry> read_manifest(const std::string& path) {
+  const std::filesystem::path base = std::filesystem::path(path).parent_path();
+  auto resolve = [&](const std::string& p) {
+    return std::filesystem::path(p).is_absolute() ? p : (base / p).string();
+  };
+  std::vector<ManifestEntry> out;
+  for_each_json_line<nlohmann::json>(path, [&](const nlohmann::json& j, const std::string& where) {
+    ManifestEntry e;
+    e.where = where;
+    if (j.contains("image")) {
+      SALIENT_CHECK(j["image"].is_string(), where, ": \"image\" must be a file name");
+      e.key = j["image"].get<std::string>();
+      e.source = resolve(e.key);
+    } else if (j.contains("input")) {
+      SALIENT_CHECK(j["input"].is_string(), where, ": \"input\" must be a .npy file name");
+      SALIENT_CHECK(!j.contains("index") || j["index"].is_number_integer(), where, ": \"index\" must be an integer");
+      e.index = j.value("index", int64_t(0));
+      SALIENT_CHECK(e.index >= 0, where, ": \"index\" must be >= 0");
+      e.key = j["input"].get<std::string>() + "[" + std::to_string(e.index) + "]";
+      e.source = resolve(j["input"].get<std::string>());
+    } else {
+      SALIENT_FAIL(where, ": needs \"image\" or \"input\"");
+    }
+    if (j.contains("target")) {
+      SALIENT_CHECK(j["target"].is_number_integer() && j["target"].get<int64_t>() >= 0, where,
+                    ": \"target\" must be a class index");
+      e.target = j["target"].get<int64_t>();
+    }
+    if (j.contains("box")) {
+      SALIENT_CHECK(j["box"].is_array() && j["box"].size() == 4, where, ": \"box\" must be [x0, y0, x1, y1]");
+      for (int k = 0; k < 4; ++k) {
+        SALIENT_CHECK(j["box"][k].is_number_integer(), where, ": \"box\" must hold 4 integers");
+        e.box[k] = j["box"][k].get<int64_t>();
+      }
+      e.has_box = true;
+    }
+    if (j.contains("mask")) {
+      SALIENT_CHECK(j["mask"].is_string(), where, ": \"mask\" must be a file name");
+      e.mask = resolve(j["mask"].get<std::string>());
+    }
+    out.push_back(std::move(e));
+  });
+  SALIENT_CHECK(!out.empty(), "--data '", path, "' lists no images");
+  return out;
+}
+
 }  // namespace cli
 }  // namespace salient

@@ -50,64 +50,47 @@ struct Entry {
   at::Tensor mask;    // [H,W]
 };
 
-std::string resolve_path(const fs::path& base, const std::string& p) {
-  fs::path q(p);
-  return (q.is_absolute() ? q : base / q).string();
-}
-
-std::vector<Entry> read_manifest(const std::string& path, const io::Preprocess& pre, int channels) {
-  const fs::path base = fs::path(path).parent_path();
+// The manifest's entries, loaded and checked against the model input they give.
+std::vector<Entry> load_manifest(const std::string& path, const io::Preprocess& pre, int channels) {
   std::vector<Entry> out;
   std::map<std::string, at::Tensor> npy_cache;
-  for_each_json_line<json>(path, [&](const json& j, const std::string& where) {
+  for (const ManifestEntry& m : read_manifest(path)) {
+    const std::string& where = m.where;
     Entry e;
-    if (j.contains("image")) {
-      SALIENT_CHECK(j["image"].is_string(), where, ": \"image\" must be a file name");
-      std::string file = resolve_path(base, j["image"].get<std::string>());
-      e.name = j["image"].get<std::string>();
-      e.x = io::prepare(io::read_image(file), pre, channels).tensor;
-    } else if (j.contains("input")) {
-      SALIENT_CHECK(j["input"].is_string(), where, ": \"input\" must be a .npy file name");
-      std::string file = resolve_path(base, j["input"].get<std::string>());
-      if (!npy_cache.count(file)) npy_cache[file] = io::read_npy(file);
-      at::Tensor t = npy_cache[file];
-      if (t.dim() == 3) t = t.unsqueeze(0);
-      SALIENT_CHECK(t.dim() == 4 && at::isFloatingType(t.scalar_type()), where, ": '", file,
-                    "' must hold float32 [N,C,H,W]");
-      const int64_t index = j.value("index", int64_t(0));
-      SALIENT_CHECK(index >= 0 && index < t.size(0), where, ": index ", index, " out of range for '", file, "' (",
-                    t.size(0), " rows)");
-      e.name = j["input"].get<std::string>() + "[" + std::to_string(index) + "]";
-      e.x = t.narrow(0, index, 1).to(at::kFloat);
+    e.name = m.key;
+    e.target = m.target;
+    if (m.index < 0) {
+      e.x = io::prepare(io::read_image(m.source), pre, channels).tensor;
     } else {
-      SALIENT_FAIL(where, ": needs \"image\" or \"input\"");
-    }
-    if (j.contains("target")) {
-      SALIENT_CHECK(j["target"].is_number_integer(), where, ": \"target\" must be a class index");
-      e.target = j["target"].get<int64_t>();
+      if (!npy_cache.count(m.source)) npy_cache[m.source] = io::read_npy(m.source);
+      at::Tensor t = npy_cache[m.source];
+      if (t.dim() == 3) t = t.unsqueeze(0);
+      SALIENT_CHECK(t.dim() == 4 && at::isFloatingType(t.scalar_type()), where, ": '", m.source,
+                    "' must hold float32 [N,C,H,W]");
+      SALIENT_CHECK(m.index < t.size(0), where, ": index ", m.index, " out of range for '", m.source, "' (",
+                    t.size(0), " rows)");
+      e.x = t.narrow(0, m.index, 1).to(at::kFloat);
     }
     const int64_t h = e.x.size(2), w = e.x.size(3);
-    if (j.contains("box")) {
-      SALIENT_CHECK(j["box"].is_array() && j["box"].size() == 4, where, ": \"box\" must be [x0, y0, x1, y1]");
-      for (int k = 0; k < 4; ++k) e.box[k] = j["box"][k].get<int64_t>();
+    if (m.has_box) {
+      e.box = m.box;
       SALIENT_CHECK(e.box[0] <= e.box[2] && e.box[1] <= e.box[3] && e.box[0] >= 0 && e.box[1] >= 0 && e.box[2] < w &&
                         e.box[3] < h,
                     where, ": box [", e.box[0], ", ", e.box[1], ", ", e.box[2], ", ", e.box[3],
                     "] is not inside the ", h, "x", w, " model input");
       e.has_box = true;
     }
-    if (j.contains("mask")) {
-      cv::Mat m = io::read_image(resolve_path(base, j["mask"].get<std::string>()));
-      SALIENT_CHECK(m.rows == h && m.cols == w, where, ": mask is ", m.rows, "x", m.cols, ", the model input ", h, "x",
-                    w);
+    if (!m.mask.empty()) {
+      cv::Mat mk = io::read_image(m.mask);
+      SALIENT_CHECK(mk.rows == h && mk.cols == w, where, ": mask is ", mk.rows, "x", mk.cols, ", the model input ", h,
+                    "x", w);
       cv::Mat gray;
-      cv::extractChannel(m, gray, 0);
+      cv::extractChannel(mk, gray, 0);
       e.mask = at::from_blob(gray.data, {h, w}, at::kByte).clone();
       e.has_mask = true;
     }
     out.push_back(std::move(e));
-  });
-  SALIENT_CHECK(!out.empty(), "--data '", path, "' lists no images");
+  }
   return out;
 }
 
@@ -147,7 +130,7 @@ int run_evaluate(const EvaluateArgs& a) {
   Model model = Model::load(a.model);
   int64_t channels = model.input_channels();
   if (channels != 1) channels = 3;
-  std::vector<Entry> entries = read_manifest(a.data, pre, static_cast<int>(channels));
+  std::vector<Entry> entries = load_manifest(a.data, pre, static_cast<int>(channels));
   if (methods == std::vector<std::string>{"all"})
     methods = suitable_methods(model, entries[0].x.sizes().slice(1).vec(), settings.layer);
   if (metrics.count("pointing") || metrics.count("energy"))
