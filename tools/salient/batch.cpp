@@ -41,7 +41,7 @@ struct BatchArgs {
   std::string batch_size = "auto";
   std::string shard;
   std::string labels;
-  std::string preset = "imagenet", size, mean, std;
+  PreprocessFlags preprocess;
   std::string colormap = "jet";
   int jobs = 2;
   bool report = false, quiet = false;
@@ -335,7 +335,7 @@ int run_batch(const BatchArgs& a) {
   SALIENT_CHECK(a.min_side >= 1 && a.max_pixels >= 1, "--min-side and --max-pixels must be >= 1");
   RenderSettings render;
   render.colormap = render::colormap_from_string(a.colormap);
-  io::Preprocess pre = preprocess_from_flags(a.preset, a.size, a.mean, a.std);
+  io::Preprocess pre = preprocess_from_flags(a.preprocess);
   std::vector<std::string> labels;
   if (!a.labels.empty()) labels = io::read_labels(a.labels);
 
@@ -661,10 +661,7 @@ Runner add_batch(CLI::App& app) {
   app.add_option("--max-pixels", a->max_pixels, "Larger images are reported, not explained")->capture_default_str();
   app.add_option("--min-side", a->min_side, "Smaller images are reported, not explained")->capture_default_str();
   app.add_option("--labels", a->labels, "Class names, one per line");
-  app.add_option("--preset", a->preset, "Preprocessing: imagenet or none")->capture_default_str();
-  app.add_option("--size", a->size, "Resize images to HxW");
-  app.add_option("--mean", a->mean, "Per-channel mean, comma-separated");
-  app.add_option("--std", a->std, "Per-channel std, comma-separated");
+  add_preprocess_flags(app, &a->preprocess);
   app.add_option("--colormap", a->colormap, "jet, viridis, inferno or turbo")->capture_default_str();
   add_method_flags(app, &a->flags);
   app.footer(

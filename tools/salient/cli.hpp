@@ -72,9 +72,13 @@ int64_t parse_int(const std::string& s, const char* flag);
 std::vector<float> parse_floats(const std::string& s, const char* flag);
 int64_t parse_bytes(const std::string& s, const char* flag);             // "1G", "512M", "1048576"
 
-// --preset, --size HxW (replaces the preset's resize and crop), --mean, --std.
-salient::io::Preprocess preprocess_from_flags(const std::string& preset, const std::string& size,
-                                             const std::string& mean, const std::string& std);
+// --preset, --size HxW (replaces the preset's resize and crop), --mean, --std: the
+// preprocessing flags of explain, evaluate and batch.
+struct PreprocessFlags {
+  std::string preset = "imagenet", size, mean, std;
+};
+void add_preprocess_flags(CLI::App& app, PreprocessFlags* f);
+salient::io::Preprocess preprocess_from_flags(const PreprocessFlags& f);
 
 // Creates `dir` if needed and proves that it is writable (no files left behind).
 void ensure_writable_dir(const std::string& dir);

@@ -82,17 +82,23 @@ int64_t parse_bytes(const std::string& s, const char* flag) {
   return static_cast<int64_t>(v * mult);
 }
 
-salient::io::Preprocess preprocess_from_flags(const std::string& preset, const std::string& size,
-                                             const std::string& mean, const std::string& std) {
-  salient::io::Preprocess pre = salient::io::Preprocess::preset(preset);
-  if (!size.empty()) {
-    auto hw = parse_dims(size, "--size");
-    SALIENT_CHECK(hw.size() == 2, "--size: expected HxW, got '", size, "'");
+void add_preprocess_flags(CLI::App& app, PreprocessFlags* f) {
+  app.add_option("--preset", f->preset, "Preprocessing: imagenet or none")->capture_default_str();
+  app.add_option("--size", f->size, "Resize images to HxW (replaces the preset's resize and crop)");
+  app.add_option("--mean", f->mean, "Per-channel mean, comma-separated");
+  app.add_option("--std", f->std, "Per-channel std, comma-separated");
+}
+
+salient::io::Preprocess preprocess_from_flags(const PreprocessFlags& f) {
+  salient::io::Preprocess pre = salient::io::Preprocess::preset(f.preset);
+  if (!f.size.empty()) {
+    auto hw = parse_dims(f.size, "--size");
+    SALIENT_CHECK(hw.size() == 2, "--size: expected HxW, got '", f.size, "'");
     pre.size_h = static_cast<int>(hw[0]), pre.size_w = static_cast<int>(hw[1]);
     pre.resize_shorter = pre.crop_h = pre.crop_w = 0;
   }
-  if (!mean.empty()) pre.mean = parse_floats(mean, "--mean");
-  if (!std.empty()) pre.std = parse_floats(std, "--std");
+  if (!f.mean.empty()) pre.mean = parse_floats(f.mean, "--mean");
+  if (!f.std.empty()) pre.std = parse_floats(f.std, "--std");
   return pre;
 }
 

@@ -29,7 +29,7 @@ struct EvaluateArgs {
   std::string methods = "gradcam,vanilla";
   std::string metrics = "deletion,insertion,pointing";
   MethodFlags flags;
-  std::string preset = "imagenet", size, mean, std;
+  PreprocessFlags preprocess;
   double step = 0.01;
   std::string substrate = "zero";
   std::string reduce = "max-abs";
@@ -125,7 +125,7 @@ int run_evaluate(const EvaluateArgs& a) {
   if (settings.memory_budget) curve.memory_budget(*settings.memory_budget);
   const ChannelReduce reduce = channel_reduce_from_string(a.reduce);
 
-  io::Preprocess pre = preprocess_from_flags(a.preset, a.size, a.mean, a.std);
+  io::Preprocess pre = preprocess_from_flags(a.preprocess);
   ensure_writable_dir(a.out);
   Model model = Model::load(a.model);
   int64_t channels = model.input_channels();
@@ -346,10 +346,7 @@ Runner add_evaluate(CLI::App& app) {
                  "deletion, insertion, road, pointing, energy, infidelity, sensitivity, completeness, sanity")
       ->capture_default_str();
   app.add_option("--out,-o", a->out, "Output directory")->required();
-  app.add_option("--preset", a->preset, "Preprocessing: imagenet or none")->capture_default_str();
-  app.add_option("--size", a->size, "Resize images to HxW");
-  app.add_option("--mean", a->mean, "Per-channel mean, comma-separated");
-  app.add_option("--std", a->std, "Per-channel std, comma-separated");
+  add_preprocess_flags(app, &a->preprocess);
   app.add_option("--step", a->step, "Deletion/insertion: fraction of pixels per step")->capture_default_str();
   app.add_option("--substrate", a->substrate, "Deletion: zero, blur or mean")->capture_default_str();
   app.add_option("--reduce", a->reduce, "Map channels to pixel saliency: max-abs, sum or abs-sum")->capture_default_str();

@@ -26,8 +26,7 @@ struct ExplainArgs {
   MethodFlags flags;
   std::string target = "predicted";
   std::string targets;
-  std::string preset = "imagenet";
-  std::string size, mean, std;
+  PreprocessFlags preprocess;
   std::string labels;
   std::string out;
   std::string save = "png,npy,json";
@@ -73,7 +72,7 @@ int run_explain(const ExplainArgs& a) {
   SALIENT_CHECK(a.percentile > 0 && a.percentile <= 100, "--percentile must be in (0, 100]");
   SALIENT_CHECK(a.alpha >= 0 && a.alpha <= 1, "--alpha must be in [0, 1]");
 
-  salient::io::Preprocess pre = preprocess_from_flags(a.preset, a.size, a.mean, a.std);
+  salient::io::Preprocess pre = preprocess_from_flags(a.preprocess);
   std::vector<std::string> labels;
   if (!a.labels.empty()) labels = salient::io::read_labels(a.labels);
 
@@ -93,7 +92,7 @@ int run_explain(const ExplainArgs& a) {
     SALIENT_CHECK(at::isfinite(x).all().item<bool>(), "--input '", a.input,
                   "' contains non-finite values (NaN or Inf)");
     std::string stem = fs::path(a.input).stem().string();
-    bool user_norm = !a.mean.empty() || !a.std.empty();
+    bool user_norm = !a.preprocess.mean.empty() || !a.preprocess.std.empty();
     for (int64_t i = 0; i < x.size(0); ++i) {
       Sample s{a.input, stem, i, x.narrow(0, i, 1), {}};
       at::Tensor shown = x[i];
@@ -280,10 +279,7 @@ Runner add_explain(CLI::App& app) {
   app.add_option("--method,--methods", a->methods, "Comma-separated methods, or all: " + names)->capture_default_str();
   app.add_option("--target", a->target, "Class index for every input, or 'predicted'")->capture_default_str();
   app.add_option("--targets", a->targets, "Comma-separated class index per input");
-  app.add_option("--preset", a->preset, "Preprocessing: imagenet or none")->capture_default_str();
-  app.add_option("--size", a->size, "Resize images to HxW (replaces the preset's resize and crop)");
-  app.add_option("--mean", a->mean, "Per-channel mean, comma-separated");
-  app.add_option("--std", a->std, "Per-channel std, comma-separated");
+  add_preprocess_flags(app, &a->preprocess);
   app.add_option("--labels", a->labels, "Class names, one per line");
   app.add_option("--out,-o", a->out, "Output directory")->required();
   app.add_option("--save", a->save, "What to write: png,npy,json")->capture_default_str();
