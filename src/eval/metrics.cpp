@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 
+#include "eval/rank.hpp"
 #include "methods/common.hpp"
 #include "salient/integrated_gradients.hpp"
 
@@ -37,6 +38,21 @@ at::Tensor pixel_saliency(const at::Tensor& map, ChannelReduce reduce) {
   }
   return {};
 }
+
+namespace detail {
+
+at::Tensor saliency_rank(const at::Tensor& map, const at::Tensor& x, ChannelReduce reduce, const char* name) {
+  const int64_t n = x.size(0), h = x.size(2), w = x.size(3), hw = h * w;
+  at::Tensor sal = pixel_saliency(map, reduce);
+  SALIENT_CHECK(sal.size(0) == n && sal.size(1) == h && sal.size(2) == w, name, ": map ", shape_str(map.sizes()),
+                " does not fit the input ", shape_str(x.sizes()));
+  at::Tensor order = std::get<1>(at::sort(sal.reshape({n, hw}), /*stable=*/true, /*dim=*/1, /*descending=*/true));
+  at::Tensor rank = at::empty_like(order);
+  rank.scatter_(1, order, at::arange(hw, order.options()).expand({n, hw}));
+  return rank;
+}
+
+}  // namespace detail
 
 namespace {
 
@@ -71,20 +87,14 @@ Curve perturbation_curve(const Model& model, const at::Tensor& x, const at::Tens
                          const PerturbationCurveOptions& o, bool insert, const char* name) {
   at::Tensor xf = detail::checked_input(x, name);
   const int64_t n = xf.size(0), h = xf.size(2), w = xf.size(3), hw = h * w;
-  at::Tensor sal = pixel_saliency(map, o.reduce());
-  SALIENT_CHECK(sal.size(0) == n && sal.size(1) == h && sal.size(2) == w, name, ": map ", detail::shape_str(map.sizes()),
-                " does not fit the input ", detail::shape_str(xf.sizes()));
+  at::Tensor rank = detail::saliency_rank(map, xf, o.reduce(), name);
   SALIENT_CHECK(o.step_pixels() > 0 || (o.step_fraction() > 0 && o.step_fraction() <= 1), name,
                 ": step_fraction must be in (0, 1], got ", o.step_fraction());
   SALIENT_CHECK(o.memory_budget() > 0, name, ": memory_budget must be > 0");
   const int64_t step =
       o.step_pixels() > 0 ? o.step_pixels() : std::max<int64_t>(1, static_cast<int64_t>(std::ceil(o.step_fraction() * hw)));
   const int64_t steps = (hw + step - 1) / step;
-  // rank[p]: position of pixel p in the order, most salient first (stable: raster order on ties).
-  at::Tensor order = std::get<1>(at::sort(sal.reshape({n, hw}), /*stable=*/true, /*dim=*/1, /*descending=*/true));
-  at::Tensor rank = at::empty_like(order);
-  rank.scatter_(1, order, at::arange(hw, order.options()).expand({n, hw}));
-  at::Tensor thresholds = (at::arange(steps + 1, order.options()) * step).clamp_max(hw);  // pixels changed
+  at::Tensor thresholds = (at::arange(steps + 1, rank.options()) * step).clamp_max(hw);  // pixels changed
   at::Tensor start, end;  // row values where a pixel is / is not yet changed
   if (insert) {
     start = gaussian_blur(xf, 11, 5.0);
@@ -101,7 +111,7 @@ Curve perturbation_curve(const Model& model, const at::Tensor& x, const at::Tens
   const auto classes = detail::sample_classes(model, xf, target, o.optimized(), &probe);
   const int64_t per = steps + 1, rows = n * per;
   auto make_rows = [&](int64_t r0, int64_t r1) {
-    at::Tensor r = at::arange(r0, r1, order.options());
+    at::Tensor r = at::arange(r0, r1, rank.options());
     at::Tensor sample = r.div(per, "floor"), k = r.remainder(per);
     at::Tensor changed = (rank.index_select(0, sample) < thresholds.index_select(0, k).unsqueeze(1)).view({-1, 1, h, w});
     return at::where(changed, end.index_select(0, sample), start.index_select(0, sample));
@@ -115,7 +125,7 @@ Curve perturbation_curve(const Model& model, const at::Tensor& x, const at::Tens
   curve.fraction = thresholds.to(at::kFloat) / static_cast<float>(hw);
   at::Tensor df = curve.fraction.slice(0, 1) - curve.fraction.slice(0, 0, steps);
   curve.auc = ((curve.scores.slice(1, 1) + curve.scores.slice(1, 0, steps)) * 0.5 * df).sum(1);
-  curve.targets = classes.empty() ? at::full({n}, -1, order.options()) : at::tensor(classes);
+  curve.targets = classes.empty() ? at::full({n}, -1, rank.options()) : at::tensor(classes);
   curve.forward_samples = probe.forward_samples + rows;
   return curve;
 }

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <vector>
 
+#include "eval/rank.hpp"
 #include "methods/common.hpp"
 #include "salient/metrics.hpp"
 
@@ -162,19 +163,13 @@ RoadResult road(const Model& model, const at::Tensor& x, const at::Tensor& map, 
                 const RoadOptions& o) {
   at::Tensor xf = detail::checked_input(x, "road");
   const int64_t n = xf.size(0), c = xf.size(1), h = xf.size(2), w = xf.size(3), hw = h * w;
-  at::Tensor sal = pixel_saliency(map, o.reduce());
-  SALIENT_CHECK(sal.size(0) == n && sal.size(1) == h && sal.size(2) == w, "road: map ", detail::shape_str(map.sizes()),
-                " does not fit the input ", detail::shape_str(xf.sizes()));
+  at::Tensor rank = detail::saliency_rank(map, xf, o.reduce(), "road");
   SALIENT_CHECK(!o.fractions().empty(), "road: fractions is empty");
   for (double f : o.fractions())
     SALIENT_CHECK(f > 0 && f < 1, "road: fractions must lie in (0, 1), got ", f);
   SALIENT_CHECK(o.noise() >= 0, "road: noise must be >= 0, got ", o.noise());
   SALIENT_CHECK(o.memory_budget() > 0, "road: memory_budget must be > 0");
   const int64_t k = static_cast<int64_t>(o.fractions().size()), per = 2 * k;
-  // rank[p]: position of pixel p, most salient first (raster order on ties, as deletion).
-  at::Tensor order = std::get<1>(at::sort(sal.reshape({n, hw}), /*stable=*/true, /*dim=*/1, /*descending=*/true));
-  at::Tensor rank = at::empty_like(order);
-  rank.scatter_(1, order, at::arange(hw, order.options()).expand({n, hw}));
   std::vector<int64_t> counts;
   for (double f : o.fractions())
     counts.push_back(std::clamp<int64_t>(static_cast<int64_t>(std::llround(f * static_cast<double>(hw))), 1, hw - 1));
