@@ -477,11 +477,12 @@ int run_batch(const BatchArgs& a) {
       const cv::Mat& display = group[j].second.display;
       const int64_t jj = static_cast<int64_t>(j);
       const int64_t predicted = logits[jj].argmax().item<int64_t>();
+      const double probability = probs[jj][predicted].item<double>();
       json r = {{"key", item.key},
                 {"source", item.source},
                 {"status", "ok"},
                 {"predicted", predicted},
-                {"probability", probs[jj][predicted].item<double>()},
+                {"probability", probability},
                 {"target", targets[j]},
                 {"target_probability", probs[jj][targets[j]].item<double>()},
                 {"methods", json::object()}};
@@ -528,9 +529,7 @@ int run_batch(const BatchArgs& a) {
         r["methods"][m] = mj;
       }
       const std::string panel_rel = "panels/" + item.id + ".png";
-      std::string caption = "predicted: " + label_of(labels, predicted) + " (" +
-                            std::to_string(static_cast<int>(std::lround(100 * probs[jj][predicted].item<double>()))) +
-                            "%)   target: " + label_of(labels, targets[j]);
+      const std::string caption = panel_caption(labels, predicted, probability, targets[j]);
       io::write_png((out / panel_rel).string(),
                     render::panel(cells, caption, std::max(160, std::min(320, display.cols)), 8));
       keep(panel_rel);

@@ -118,6 +118,9 @@ cv::Mat unit_map(const at::Tensor& sample_map, bool cam, const RenderSettings& r
 cv::Mat overlay_map(const cv::Mat& image, const at::Tensor& sample_map, bool cam, const RenderSettings& r);
 
 std::string label_of(const std::vector<std::string>& labels, int64_t k);
+// A panel's caption: "predicted: LABEL (NN%)   target: LABEL".
+std::string panel_caption(const std::vector<std::string>& labels, int64_t predicted, double probability,
+                          int64_t target);
 
 }  // namespace cli
 }  // namespace salient

@@ -1,6 +1,7 @@
 #include <ATen/ATen.h>
 #include <opencv2/imgproc.hpp>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -304,6 +305,12 @@ std::vector<ManifestEntry> read_manifest(const std::string& path) {
   });
   SALIENT_CHECK(!out.empty(), "--data '", path, "' lists no images");
   return out;
+}
+
+std::string panel_caption(const std::vector<std::string>& labels, int64_t predicted, double probability,
+                          int64_t target) {
+  return "predicted: " + label_of(labels, predicted) + " (" +
+         std::to_string(static_cast<int>(std::lround(100 * probability))) + "%)   target: " + label_of(labels, target);
 }
 
 }  // namespace cli

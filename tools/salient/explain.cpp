@@ -247,9 +247,8 @@ int run_explain(const ExplainArgs& a) {
       img["methods"][m] = mj;
     }
     if (save.count("png")) {
-      std::string caption = "predicted: " + label_of(labels, predicted[i]) + " (" +
-                            std::to_string(static_cast<int>(std::lround(100 * probs[i][predicted[i]].item<double>()))) +
-                            "%)   target: " + label_of(labels, targets[i]);
+      const std::string caption =
+          panel_caption(labels, predicted[i], probs[i][predicted[i]].item<double>(), targets[i]);
       int cell = std::max(224, std::min(448, s.display.cols));
       salient::io::write_png(path_in_out(name + ".panel.png"), salient::render::panel(cells, caption, cell, 8));
       img["panel"] = name + ".panel.png";
