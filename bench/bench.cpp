@@ -214,6 +214,13 @@ ProcessCost run_process(const std::string& cmd, const std::string& name = "salie
   return c;
 }
 
+// The throughput rows' image names: 00000.png, 00001.png, ...
+std::string image_name(int i) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "%05d.png", i);
+  return name;
+}
+
 // Images for the throughput rows: squares on noise, as PNG.
 void write_images(const fs::path& dir, int count, int size) {
   fs::create_directories(dir);
@@ -223,8 +230,7 @@ void write_images(const fs::path& dir, int count, int size) {
     rng.fill(m, cv::RNG::UNIFORM, 0, 80);
     const int s = size / 3, x = rng.uniform(0, size - s), y = rng.uniform(0, size - s);
     m(cv::Rect(x, y, s, s)).setTo(cv::Scalar(220, 210, 200));
-    char name[32];
-    std::snprintf(name, sizeof(name), "%05d.png", i);
+    const std::string name = image_name(i);
     cv::imwrite((dir / name).string(), m);
   }
 }
@@ -250,8 +256,7 @@ Throughput batch_throughput(const Options& o, const std::string& label, const st
   t.batch_s = b.seconds;
   double single = 0;
   for (int i = 0; i < single_images; ++i) {
-    char name[32];
-    std::snprintf(name, sizeof(name), "%05d.png", i);
+    const std::string name = image_name(i);
     ProcessCost e = run_process("'" + o.cli + "' explain --image '" + (dir / name).string() + "' --out '" +
                                 (work / (label + "_single")).string() + "'" + common + " > /dev/null 2>&1");
     if (e.code != 0) throw std::runtime_error("salient explain failed");
@@ -264,8 +269,7 @@ Throughput batch_throughput(const Options& o, const std::string& label, const st
   salient::io::Preprocess p = salient::io::Preprocess::preset(pre.find("none") != std::string::npos ? "none" : "imagenet");
   t.library_s = seconds([&] {
     for (int i = 0; i < images; ++i) {
-      char name[32];
-      std::snprintf(name, sizeof(name), "%05d.png", i);
+      const std::string name = image_name(i);
       auto prepared = salient::io::prepare(salient::io::read_image((dir / name).string()), p, 3);
       salient::gradcam(model, prepared.tensor);
     }
@@ -550,8 +554,7 @@ int main(int argc, char** argv) {
         for (int n : {200, 2000}) {
           fs::create_directories(work / ("flat_" + std::to_string(n)));
           for (int i = 0; i < n; ++i) {
-            char name[32];
-            std::snprintf(name, sizeof(name), "%05d.png", i);
+            const std::string name = image_name(i);
             fs::create_symlink(work / "flat_images" / name, work / ("flat_" + std::to_string(n)) / name);
           }
           ProcessCost c = run_process("'" + o.cli + "' batch --model '" + o.demo + "' --images '" +

@@ -117,12 +117,12 @@ def main():
         w("")
         w("| method | ROAD combined (↑) | MoRF mean (↓) | LeRF mean (↑) |")
         w("|---|---:|---:|---:|")
-        for m in sorted(road, key=lambda m: -road[m]["road"]["mean"]):
+        ranked = sorted(road, key=lambda m: -road[m]["road"]["mean"])
+        for m in ranked:
             r = road[m]
             w(f"| {m} | {r['road']['mean']:.3f} ± {r['road']['std']:.3f} | {r['road_morf']['mean']:.3f} | "
               f"{r['road_lerf']['mean']:.3f} |")
         w("")
-        ranked = sorted(road, key=lambda m: -road[m]["road"]["mean"])
         cams = {"gradcam", "gradcam_plusplus", "xgradcam", "hirescam", "layercam", "gradcam_elementwise",
                 "eigengradcam", "eigencam", "scorecam", "faster_scorecam", "ablationcam", "reciprocam", "guided_gradcam"}
         top = sum(1 for m in ranked[:len(cams)] if m in cams)
