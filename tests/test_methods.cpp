@@ -1,3 +1,5 @@
+#include <ATen/Parallel.h>
+
 #include "helpers.hpp"
 
 using namespace testing_salient;
@@ -179,6 +181,19 @@ TEST(Invariants, BatchedEqualsPerSample) {
       EXPECT_TRUE(close(one.map[0], batched.map[i], 1e-7, rtol)) << m.first << " sample " << i;
     }
   }
+}
+
+TEST(FullGrad, MapIsTheSameOnOneThreadAndOnSeveral) {
+  // The bias terms are summed in one accumulator per thread.
+  auto model = Model::load(data("reference/smallcnn_traced.pt"));
+  at::Tensor x = reference()["input"];
+  const int threads = at::get_num_threads();
+  at::set_num_threads(1);
+  auto one = salient::fullgrad(model, x, Target::index(1));
+  at::set_num_threads(std::max(2, threads));
+  auto several = salient::fullgrad(model, x, Target::index(1));
+  at::set_num_threads(threads);
+  EXPECT_TRUE(close(one.map, several.map, 1e-6, 1e-5));
 }
 
 TEST(SmoothGrad, ChunkedWithATinyBudgetEqualsOneBigBatch) {

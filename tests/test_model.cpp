@@ -176,3 +176,33 @@ TEST(ModelSplit, RunningFromALayerReproducesTheOutputAndOnlyRunsWhatFollows) {
     }
   }
 }
+
+TEST(ModelBias, BiasLayersFollowInPlaceWritesAndReplacedTensors) {
+  auto module = torch::jit::load(data("reference/smallcnn_traced.pt"));
+  auto model = Model::from_module(module);
+  auto first = model.bias_layers();
+  ASSERT_GE(first.size(), 2u);
+  ASSERT_EQ(first[0].path, "features.0");
+  ASSERT_EQ(first[1].path, "features.1");
+  // Unchanged tensors: the cached bias itself comes back.
+  EXPECT_TRUE(model.bias_layers()[1].bias.is_same(first[1].bias));
+
+  // BatchNorm's effective bias b - mean·w/sqrt(var + eps) follows an in-place write to
+  // its running mean.
+  auto features = module.attr("features").toModule();
+  auto bn = features.attr("1").toModule();
+  at::Tensor w = bn.attr("weight").toTensor().detach(), var = bn.attr("running_var").toTensor();
+  {
+    at::NoGradGuard g;
+    bn.attr("running_mean").toTensor().add_(1.0);
+  }
+  at::Tensor expected = first[1].bias - w / at::sqrt(var + 1e-5);
+  EXPECT_TRUE(at::allclose(model.bias_layers()[1].bias, expected, 1e-5, 1e-6));
+
+  // A conv bias replaced by a new tensor is seen too.
+  auto conv = features.attr("0").toModule();
+  at::Tensor fresh = at::full_like(conv.attr("bias").toTensor().detach(), 0.25);
+  conv.register_parameter("bias", fresh, /*is_buffer=*/false);
+  EXPECT_TRUE(at::equal(model.bias_layers()[0].bias, fresh));
+  EXPECT_FALSE(model.bias_layers()[0].bias.is_same(fresh));  // a copy: the module's tensor stays private
+}

@@ -111,7 +111,8 @@ class Model {
 
   // Conv2d and (affine) BatchNorm2d modules with a bias, tappable, in definition order,
   // with the bias each adds to its output; for BatchNorm in eval mode that is
-  // bias - running_mean * weight / sqrt(running_var + eps).
+  // bias - running_mean * weight / sqrt(running_var + eps). The bias tensors are cached
+  // (recomputed when a module's tensors change): treat them as read-only.
   std::vector<BiasLayer> bias_layers() const;
 
   // The top-level modules owning parameters, split into their parameter-owning children

@@ -1,8 +1,14 @@
 #include "methods/gradient_pass.hpp"
 
+#include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <set>
 
@@ -66,18 +72,88 @@ at::Tensor principal_projection(const at::Tensor& m) {
   return proj.to(m.scalar_type()).reshape({n, 1, h, w});
 }
 
-// Σ_c (t_c - min t_c) / (max t_c - min t_c + 1e-7), min and max over the positions of
-// each (sample, channel): [N,C,h,w] -> [N,1,h,w]. Written as a weighted channel sum
-// (one min/max pass and one matrix product over t) because FullGrad runs it over every
-// bias layer's output.
-at::Tensor minmax_channel_sum(const at::Tensor& t) {
-  const int64_t n = t.size(0), h = t.size(2), w = t.size(3);
-  at::Tensor flat = t.reshape({n, t.size(1), h * w});
-  auto range = at::aminmax(flat, 2);
-  const at::Tensor& lo = std::get<0>(range);
-  at::Tensor inv = 1.0 / (std::get<1>(range) - lo + 1e-7);  // [N,C]
-  at::Tensor sum = at::bmm(inv.unsqueeze(1), flat).squeeze(1) - (lo * inv).sum(1, /*keepdim=*/true);
-  return sum.view({n, 1, h, w});
+// Min and max of |s·row[i]| over i < n; *nan is 0 unless some row[i] is NaN or infinite
+// (row[i] - row[i] is NaN then). A hand-vectorised loop on x86: compilers do not vectorise
+// floating-point min/max reductions without fast-math.
+void channel_range(const float* row, int64_t n, float s, float* mn, float* mx, float* nan) {
+  int64_t i = 0;
+  float lo = std::abs(s * row[0]), hi = lo, bad = 0;
+#if defined(__SSE2__)
+  const __m128 sign = _mm_set1_ps(-0.0f), vs = _mm_set1_ps(s);
+  __m128 vlo = _mm_set1_ps(lo), vhi = vlo, vbad = _mm_setzero_ps();
+  for (; i + 4 <= n; i += 4) {
+    const __m128 g = _mm_loadu_ps(row + i);
+    const __m128 v = _mm_andnot_ps(sign, _mm_mul_ps(vs, g));
+    vlo = _mm_min_ps(vlo, v);
+    vhi = _mm_max_ps(vhi, v);
+    vbad = _mm_add_ps(vbad, _mm_sub_ps(g, g));
+  }
+  float l4[4], h4[4], b4[4];
+  _mm_storeu_ps(l4, vlo), _mm_storeu_ps(h4, vhi), _mm_storeu_ps(b4, vbad);
+  for (int j = 0; j < 4; ++j) lo = std::min(lo, l4[j]), hi = std::max(hi, h4[j]), bad += b4[j];
+#endif
+  for (; i < n; ++i) {
+    const float v = std::abs(s * row[i]);
+    lo = std::min(lo, v), hi = std::max(hi, v), bad += row[i] - row[i];
+  }
+  *mn = lo, *mx = hi, *nan = bad;
+}
+
+// Σ_c (t_c - min t_c) / (max t_c - min t_c + 1e-7) with t_c = |scale_c · g_c|, min and
+// max over the positions of each (sample, channel): [N,C,h,w] -> [N,1,h,w]. FullGrad runs
+// it over every bias layer's gradient (11M values on a ResNet-50), so float CPU input is
+// read once: each channel's range is found and its term added while the channel is still
+// in cache, into one accumulator per thread. `scale` [C] may be undefined (1). *finite:
+// whether g had only finite values (checked on the way, without a pass of its own).
+at::Tensor abs_minmax_channel_sum(const at::Tensor& g, const at::Tensor& scale, bool* finite) {
+  const int64_t n = g.size(0), c = g.size(1), h = g.size(2), w = g.size(3), hw = h * w;
+  if (g.scalar_type() != at::kFloat || !g.device().is_cpu()) {
+    at::Tensor t = (scale.defined() ? scale.view({1, -1, 1, 1}).to(g.dtype()) * g : g).abs();
+    at::Tensor flat = t.reshape({n, c, hw});
+    auto range = at::aminmax(flat, 2);
+    const at::Tensor& lo = std::get<0>(range);
+    at::Tensor inv = 1.0 / (std::get<1>(range) - lo + 1e-7);  // [N,C]
+    at::Tensor sum = at::bmm(inv.unsqueeze(1), flat).squeeze(1) - (lo * inv).sum(1, /*keepdim=*/true);
+    *finite = all_finite(g);
+    return sum.view({n, 1, h, w});
+  }
+  *finite = true;
+  if (n * c * hw == 0) return at::zeros({n, 1, h, w}, at::kFloat);
+  const at::Tensor gc = g.contiguous();
+  const at::Tensor sc = scale.defined() ? scale.to(at::kFloat).contiguous() : at::ones({c}, at::kFloat);
+  const float* gp = gc.data_ptr<float>();
+  const float* sp = sc.data_ptr<float>();
+  const int64_t threads = at::get_num_threads();
+  std::vector<float> acc(threads * n * hw, 0.0f), offset(threads * n, 0.0f), bad(threads, 0.0f);
+  at::parallel_for(0, n * c, 1, [&](int64_t b, int64_t e) {
+    const int64_t t = std::min<int64_t>(at::get_thread_num(), threads - 1);
+    for (int64_t k = b; k < e; ++k) {
+      const int64_t smp = k / c;
+      const float s = sp[k % c];
+      const float* row = gp + k * hw;
+      float mn, mx, nan;
+      channel_range(row, hw, s, &mn, &mx, &nan);
+      bad[t] += nan;
+      const float inv = 1.0f / (mx - mn + 1e-7f);
+      offset[t * n + smp] += mn * inv;
+      float* a = acc.data() + (t * n + smp) * hw;
+      for (int64_t q = 0; q < hw; ++q) a[q] += inv * std::abs(s * row[q]);
+    }
+  });
+  *finite = std::all_of(bad.begin(), bad.end(), [](float v) { return v == 0; });
+  at::Tensor out = at::empty({n, 1, h, w}, at::kFloat);
+  float* op = out.data_ptr<float>();
+  for (int64_t smp = 0; smp < n; ++smp) {
+    float off = 0;
+    for (int64_t t = 0; t < threads; ++t) off += offset[t * n + smp];
+    float* o = op + smp * hw;
+    for (int64_t q = 0; q < hw; ++q) o[q] = -off;
+    for (int64_t t = 0; t < threads; ++t) {
+      const float* a = acc.data() + (t * n + smp) * hw;
+      for (int64_t q = 0; q < hw; ++q) o[q] += a[q];
+    }
+  }
+  return out;
 }
 
 // The raw CAM [N,1,h,w] of a gradient variant; *weights gets [N,C] channel weights for
@@ -146,14 +222,37 @@ GradientPass gradient_pass(const Model& model, const at::Tensor& x, const Target
   if (mode == Autograd::Off) return p;
 
   at::Tensor s = target.scores(fr.output, p.targets, score).sum();
-  // The standard backward: to the input, the CAM layer and the bias layers at once.
+  if (bias) {
+    // Each bias layer's gradient becomes its FullGrad term as the backward produces it,
+    // summed per resolution: the gradients of the whole network are never held at once.
+    // `collect` keeps a later (guided) backward from adding to the terms.
+    auto collect = std::make_shared<bool>(true);
+    const size_t first = cam ? 1 : 0;
+    for (size_t i = 0; i < p.bias_layers.size(); ++i) {
+      const at::Tensor& tap = fr.taps[first + i];
+      if (!tap.requires_grad() || tap.dim() != 4 || tap.size(1) != p.bias_layers[i].bias.numel()) continue;
+      tap.register_hook([&p, i, collect, name](const at::Tensor& g) {
+        if (!*collect) return;
+        bool finite = true;
+        at::Tensor term = abs_minmax_channel_sum(g, p.bias_layers[i].bias, &finite);
+        if (!finite && p.bias_error.empty())
+          p.bias_error = std::string(name) + ": non-finite values (NaN or Inf) in the gradient at layer '" +
+                         p.bias_layers[i].path + "'";
+        at::Tensor& acc = p.bias_terms[{g.size(2), g.size(3)}];
+        acc = acc.defined() ? acc.add_(term) : term;
+      });
+    }
+    p.collect_bias = collect;
+  }
+  // The standard backward: to the input and the CAM layer at once.
   std::vector<at::Tensor> wrt;
   if (input_grad) wrt.push_back(leaf);
   if (cam_grad) wrt.push_back(fr.taps[0]);
-  if (bias) wrt.insert(wrt.end(), fr.taps.begin() + (cam ? 1 : 0), fr.taps.end());
   if (!wrt.empty()) {
     auto grads = torch::autograd::grad({s}, wrt, {}, /*retain_graph=*/guided, /*create_graph=*/false,
                                        /*allow_unused=*/true);
+    if (bias) *p.collect_bias = false;
+    SALIENT_CHECK(p.bias_error.empty(), p.bias_error);
     size_t k = 0;
     if (input_grad) {
       p.input_grad = grads[k++];
@@ -164,11 +263,6 @@ GradientPass gradient_pass(const Model& model, const at::Tensor& x, const Target
       p.act_grad = grads[k++];
       SALIENT_CHECK(p.act_grad.defined(), name, ": the score does not depend on layer '", p.layer, "'");
       check_finite(p.act_grad, name, ("the gradient at layer '" + p.layer + "'").c_str());
-    }
-    for (; k < grads.size(); ++k) {
-      if (grads[k].defined())
-        check_finite(grads[k], name, ("the gradient at layer '" + p.bias_layers[p.bias_grads.size()].path + "'").c_str());
-      p.bias_grads.push_back(grads[k]);
     }
     p.backward_samples += n;
   }
@@ -197,18 +291,11 @@ Attribution from_gradient_pass(const GradientPass& p, const std::string& method)
   } else if (method == "guided_backprop") {
     a.map = p.guided_grad;
   } else if (method == "fullgrad") {
-    at::Tensor map = minmax_channel_sum((p.x * p.input_grad).abs_());
-    // Bilinear resizing is linear: the terms of one resolution (channels and layers) are
-    // summed first and resized once.
-    std::map<std::pair<int64_t, int64_t>, at::Tensor> by_size;
-    for (size_t i = 0; i < p.bias_layers.size(); ++i) {
-      const at::Tensor& g = p.bias_grads[i];
-      if (!g.defined() || g.dim() != 4 || g.size(1) != p.bias_layers[i].bias.numel()) continue;
-      at::Tensor term = minmax_channel_sum((p.bias_layers[i].bias.view({1, -1, 1, 1}) * g).abs_());
-      at::Tensor& acc = by_size[{g.size(2), g.size(3)}];
-      acc = acc.defined() ? acc + term : term;
-    }
-    for (const auto& kv : by_size)
+    bool finite = true;
+    at::Tensor map = abs_minmax_channel_sum(p.x * p.input_grad, at::Tensor(), &finite);
+    // Bilinear resizing is linear: the terms of one resolution (channels and layers) were
+    // summed first and are resized once.
+    for (const auto& kv : p.bias_terms)
       map = map + at::upsample_bilinear2d(kv.second, {height, width}, /*align_corners=*/false);
     a.map = map;
   } else if (kLayer.count(method)) {

@@ -2,7 +2,10 @@
 // Internal: the one forward and (at most) two backward passes that every gradient method
 // of the vanilla / Grad-CAM / guided / FullGrad family derives its map from, so that
 // several of them asked for at once share their passes.
+#include <map>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "methods/common.hpp"
@@ -23,7 +26,11 @@ struct GradientPass {
   std::string layer;       // CAM layer
   at::Tensor act, act_grad;  // CAM layer output and its gradient
   std::vector<BiasLayer> bias_layers;
-  std::vector<at::Tensor> bias_grads;  // d score / d (bias layer output); undefined if unused
+  // FullGrad's bias terms Σ_c normalised |bias_c · d score / d output_c| of the bias layers,
+  // [N,1,h,w] summed per (h, w), filled by gradient hooks during the backward.
+  std::map<std::pair<int64_t, int64_t>, at::Tensor> bias_terms;
+  std::string bias_error;                // a non-finite bias gradient, if any
+  std::shared_ptr<bool> collect_bias;    // whether the hooks still add to bias_terms
   int64_t forward_samples = 0, backward_samples = 0;
 };
 

@@ -108,6 +108,18 @@ struct Model::Impl {
   mutable std::map<std::vector<int64_t>, std::string> cam_layer_cache;
   mutable std::once_flag frozen_once;
   mutable std::unique_ptr<torch::jit::Module> frozen;
+  // bias_layers(): the layers found once, each with the tensors its bias derives from
+  // (conv: bias; BatchNorm: bias, running_mean, weight, running_var) as last seen.
+  struct BiasEntry {
+    BiasLayer layer;
+    torch::jit::Module module;
+    double eps;                         // BatchNorm only
+    std::vector<at::Tensor> sources;    // as of the last computation
+    std::vector<int64_t> versions;
+  };
+  mutable std::mutex bias_mu;
+  mutable bool bias_scanned = false;
+  mutable std::vector<BiasEntry> bias_cache;
 
   std::shared_ptr<Compiled> compile(const std::vector<std::string>& taps, Autograd mode, ReluGradient relu) const {
     std::string key = mode == Autograd::FromTaps ? "L" : "F";
@@ -458,35 +470,69 @@ std::string Model::default_cam_layer(const std::vector<int64_t>& input_shape) co
   return best;
 }
 
+namespace {
+// The module's own tensor (not a detached handle), so that identity can be compared.
+at::Tensor tensor_attr(const torch::jit::Module& m, const char* name) {
+  if (!m.hasattr(name)) return at::Tensor();
+  c10::IValue v = m.attr(name);
+  return v.isTensor() ? v.toTensor() : at::Tensor();
+}
+}  // namespace
+
 std::vector<BiasLayer> Model::bias_layers() const {
-  std::map<std::string, torch::jit::Module> by_path;
-  for (const auto& nm : impl_->module.named_modules()) by_path.emplace(nm.name, nm.value);
-  auto tensor_attr = [](const torch::jit::Module& m, const char* name) {
-    if (!m.hasattr(name)) return at::Tensor();
-    c10::IValue v = m.attr(name);
-    return v.isTensor() ? v.toTensor().detach() : at::Tensor();
-  };
-  std::vector<BiasLayer> out;
-  const auto& outs = impl_->graph->module_outputs();
-  for (const auto& m : impl_->modules) {
-    if (m.second != "Conv2d" && m.second != "BatchNorm2d") continue;
-    auto mod = by_path.find(m.first);
-    auto tap = outs.find(m.first);
-    if (mod == by_path.end() || tap == outs.end()) continue;
-    if (m.second == "Conv2d") {
-      at::Tensor b = tensor_attr(mod->second, "bias");
-      if (b.defined()) out.push_back({m.first, m.second, b.clone()});
-      continue;
+  // A conv's bias derives from its bias alone, a BatchNorm's from all four.
+  static const char* const kSources[] = {"bias", "running_mean", "weight", "running_var"};
+  std::lock_guard<std::mutex> lock(impl_->bias_mu);
+  auto& cache = impl_->bias_cache;
+  if (!impl_->bias_scanned) {
+    // Walking the module tree costs milliseconds on a ResNet-50, and FullGrad calls this
+    // on every explanation: the layers are found once.
+    std::map<std::string, torch::jit::Module> by_path;
+    for (const auto& nm : impl_->module.named_modules()) by_path.emplace(nm.name, nm.value);
+    const auto& outs = impl_->graph->module_outputs();
+    for (const auto& m : impl_->modules) {
+      if (m.second != "Conv2d" && m.second != "BatchNorm2d") continue;
+      auto mod = by_path.find(m.first);
+      auto tap = outs.find(m.first);
+      if (mod == by_path.end() || tap == outs.end()) continue;
+      if (m.second == "Conv2d") {
+        if (tensor_attr(mod->second, "bias").defined()) cache.push_back({{m.first, m.second, {}}, mod->second, 0.0, {}, {}});
+        continue;
+      }
+      // BatchNorm: eps is a constant argument of the batch_norm op, not a module attribute.
+      torch::jit::Node* node = impl_->graph->producer(tap->second.ref);
+      if (!node || tap->second.op != "aten::batch_norm") continue;
+      auto eps = torch::jit::toIValue(node->input(7));
+      if (!eps || !eps->isDouble()) continue;
+      bool all = true;  // affine=False has no bias: skipped, as pytorch-grad-cam does
+      for (const char* a : kSources) all = all && tensor_attr(mod->second, a).defined();
+      if (all) cache.push_back({{m.first, m.second, {}}, mod->second, eps->toDouble(), {}, {}});
     }
-    // BatchNorm: eps is a constant argument of the batch_norm op, not a module attribute.
-    torch::jit::Node* node = impl_->graph->producer(tap->second.ref);
-    if (!node || tap->second.op != "aten::batch_norm") continue;
-    auto eps = torch::jit::toIValue(node->input(7));
-    at::Tensor mean = tensor_attr(mod->second, "running_mean"), var = tensor_attr(mod->second, "running_var");
-    if (!eps || !eps->isDouble() || !mean.defined() || !var.defined()) continue;
-    at::Tensor w = tensor_attr(mod->second, "weight"), b = tensor_attr(mod->second, "bias");
-    if (!w.defined() || !b.defined()) continue;  // affine=False: no bias, as pytorch-grad-cam
-    out.push_back({m.first, m.second, b - mean * w / at::sqrt(var + eps->toDouble())});
+    impl_->bias_scanned = true;
+  }
+  // Each bias is recomputed only when a tensor it derives from was replaced or written
+  // in place since.
+  std::vector<BiasLayer> out;
+  out.reserve(cache.size());
+  for (auto& e : cache) {
+    const bool conv = e.layer.kind == "Conv2d";
+    std::vector<at::Tensor> src;
+    std::vector<int64_t> versions;
+    for (size_t i = 0; i < (conv ? 1u : 4u); ++i) {
+      src.push_back(tensor_attr(e.module, kSources[i]));
+      if (!src.back().defined()) break;
+      versions.push_back(src.back()._version());
+    }
+    if (!src.back().defined()) continue;  // removed since
+    bool same = e.layer.bias.defined() && versions == e.versions;
+    for (size_t i = 0; same && i < src.size(); ++i) same = src[i].is_same(e.sources[i]);
+    if (!same) {
+      at::NoGradGuard no_grad;
+      e.layer.bias = conv ? src[0].detach().clone() : src[0] - src[1] * src[2] / at::sqrt(src[3] + e.eps);
+      e.sources = std::move(src);
+      e.versions = std::move(versions);
+    }
+    out.push_back(e.layer);
   }
   return out;
 }
