@@ -173,6 +173,13 @@ TEST(Infidelity, ExactForALinearModelsGradientAndScaleFreeWhenNormalised) {
   }
   at::Tensor norm = salient::infidelity(model, x, g * 0.5, t, salient::InfidelityOptions().noise_std(0.1).normalize(true));
   EXPECT_LT(norm.max().item<double>(), 1e-9);
+  // The frozen graph (default) and the module's own forward agree; a predicted target is
+  // the clean input's class.
+  auto eager = salient::InfidelityOptions().noise_std(0.1).n_perturb(400).optimized(false);
+  EXPECT_TRUE(close(salient::infidelity(model, x, g * 0.5, t, eager), half, 1e-9, 1e-4));
+  const auto predicted = to_vector(model.predict(x).argmax(1));
+  EXPECT_TRUE(at::equal(salient::infidelity(model, x, g, Target::predicted()),
+                        salient::infidelity(model, x, g, Target::per_sample(predicted))));
   EXPECT_NE(msg_of([&] { salient::infidelity(model, x, g.narrow(0, 0, 1), t); }).find("does not fit the input"),
             std::string::npos);
 }

@@ -133,13 +133,15 @@ double ssim(const at::Tensor& a, const at::Tensor& b);
 // score (raw logit by default, as Captum's forward output). With `normalize`, attr is first
 // scaled by β = E[Σ I·attr · ΔF] / E[(Σ I·attr)²], the least-squares optimum (Captum's
 // normalize=True), which makes the value independent of the map's scale. A map [N,1,H,W]
-// applies to every channel. Lower is better. Cost: 1 + n_perturb forwards per sample.
+// applies to every channel. Lower is better. Cost: 1 + n_perturb forwards per sample, in
+// one batch, on the frozen inference graph unless optimized(false).
 struct InfidelityOptions {
   SALIENT_ARG(int64_t, n_perturb) = 10;
   SALIENT_ARG(double, noise_std) = 0.003;  // Captum's documented example perturbation
   SALIENT_ARG(bool, normalize) = false;
   SALIENT_ARG(uint64_t, seed) = 0;
   SALIENT_ARG(Score, score) = Score::Logit;
+  SALIENT_ARG(bool, optimized) = true;  // frozen, inference-optimised graph
 };
 at::Tensor infidelity(const Model& model, const at::Tensor& x, const at::Tensor& map,
                       const Target& target = Target::predicted(), const InfidelityOptions& options = {});

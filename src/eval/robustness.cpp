@@ -18,19 +18,19 @@ at::Tensor infidelity(const Model& model, const at::Tensor& x, const at::Tensor&
                 "infidelity: map ", map.defined() ? detail::shape_str(map.sizes()) : std::string("undefined"),
                 " does not fit the input ", detail::shape_str(xf.sizes()));
   at::Tensor attr = map.detach().to(at::kDouble).expand_as(xf);
-  Target t = detail::fixed_target(model, xf, target);
   at::NoGradGuard no_grad;
-  auto score = [&](const at::Tensor& rows, const Target& tt) {
-    at::Tensor out = model.predict(rows);
-    return tt.scores(out, tt.resolve(out), o.score()).to(at::kDouble);
-  };
-  at::Tensor clean = score(xf, t);  // [N]
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(o.seed());
-  // Rows perturbation-major: row j * N + b; all perturbations of a batch in one forward.
+  // One forward (on the frozen graph by default) for the clean rows and every
+  // perturbation, perturbation-major after them: row N + j * N + b.
   at::Tensor noise = at::randn({k, n, xf.size(1), xf.size(2), xf.size(3)}, gen, xf.options()) * o.noise_std();
-  at::Tensor rows = (xf.unsqueeze(0) - noise).reshape({k * n, xf.size(1), xf.size(2), xf.size(3)});
-  at::Tensor idx = at::arange(n, at::kLong).repeat({k});
-  at::Tensor perturbed = score(rows, t.select(idx, n)).view({k, n});
+  at::Tensor rows = at::cat({xf, (xf.unsqueeze(0) - noise).reshape({k * n, xf.size(1), xf.size(2), xf.size(3)})});
+  at::Tensor out = o.optimized() ? model.infer(rows) : model.predict(rows);
+  at::Tensor clean_out = out.narrow(0, 0, n), perturbed_out = out.narrow(0, n, k * n);
+  // The target is fixed on the clean input.
+  const Target t = target.is_predicted() ? Target::per_sample(detail::to_vector(target.resolve(clean_out))) : target;
+  const Target tk = t.select(at::arange(n, at::kLong).repeat({k}), n);
+  at::Tensor clean = t.scores(clean_out, t.resolve(clean_out), o.score()).to(at::kDouble);  // [N]
+  at::Tensor perturbed = tk.scores(perturbed_out, tk.resolve(perturbed_out), o.score()).to(at::kDouble).view({k, n});
   at::Tensor df = clean.unsqueeze(0) - perturbed;                               // [k, N]
   at::Tensor ia = (noise.to(at::kDouble) * attr.unsqueeze(0)).flatten(2).sum(2);  // [k, N]
   if (o.normalize()) {
