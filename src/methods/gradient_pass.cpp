@@ -243,6 +243,9 @@ GradientPass gradient_pass(const Model& model, const at::Tensor& x, const Target
       });
     }
     p.collect_bias = collect;
+    // The hooks hold what they need: the bias layers' outputs can go as soon as the
+    // backward is done with them.
+    for (size_t i = first; i < fr.taps.size(); ++i) fr.taps[i] = at::Tensor();
   }
   // The standard backward: to the input and the CAM layer at once.
   std::vector<at::Tensor> wrt;
