@@ -125,6 +125,9 @@ TEST(Similarity, SpearmanWithTiesAndSsimIdentities) {
   EXPECT_EQ(salient::spearman(a, at::ones({4})), 0.0);
   // Ties get their mean rank: ranks (1.5, 1.5, 3) vs (1, 2, 3): r = 0.866...
   EXPECT_NEAR(salient::spearman(at::tensor({5.0, 5.0, 7.0}), at::tensor({1.0, 2.0, 3.0})), std::sqrt(3.0) / 2, 1e-12);
+  EXPECT_NE(msg_of([&] { salient::spearman(at::tensor({1.0, NAN, 2.0}), at::tensor({1.0, 2.0, 3.0})); })
+                .find("non-finite"),
+            std::string::npos);
   at::Tensor img = at::rand({32, 32});
   EXPECT_NEAR(salient::ssim(img, img), 1.0, 1e-9);
   EXPECT_NEAR(salient::ssim(img, img * 3 + 1), 1.0, 1e-9);  // both are min-max normalised first
@@ -144,6 +147,18 @@ TEST(Sanity, RandomizedCopiesLeaveTheModelAloneAndGradCamDecorrelates) {
   EXPECT_FALSE(at::allclose(r.predict(x), model.predict(x)));
   // Same seed, same copy.
   EXPECT_TRUE(at::equal(model.randomized({"fc"}, 7).predict(x), r.predict(x)));
+  // A copy shares the tensors it does not re-draw; re-drawing in a copy of the copy
+  // leaves both earlier models as they were.
+  auto param = [](const Model& m, const char* sub, const char* name) {
+    auto owner = sub[0] ? m.module().attr("features").toModule().attr(sub).toModule() : m.module().attr("fc").toModule();
+    return owner.attr(name).toTensor();
+  };
+  EXPECT_TRUE(param(r, "0", "weight").is_same(param(model, "0", "weight")));
+  Model r2 = r.randomized({"features.0"}, 8);
+  EXPECT_FALSE(at::equal(param(r2, "0", "weight"), param(model, "0", "weight")));
+  EXPECT_TRUE(at::equal(param(r, "0", "weight"), before[0]));
+  EXPECT_TRUE(param(r2, "", "weight").is_same(param(r, "", "weight")));
+  EXPECT_TRUE(at::equal(r.predict(x), model.randomized({"fc"}, 7).predict(x)));
 
   auto gradcam = [](const Model& m, const at::Tensor& xx, const Target& t) {
     return salient::gradcam(m, xx, t, salient::GradCamOptions().layer("features.10"));

@@ -123,7 +123,9 @@ class Model {
   std::vector<std::string> parameter_blocks(size_t min_blocks = 4) const;
   // A copy whose parameters under the given module paths are re-drawn from a Gaussian with
   // each tensor's own mean and standard deviation, module i from seed + i (so a list that
-  // grows at its end keeps its earlier draws). This model is left untouched.
+  // grows at its end keeps its earlier draws). This model is left untouched. The copy
+  // shares every other parameter tensor (nothing is copied) and this model's compiled
+  // graphs.
   Model randomized(const std::vector<std::string>& modules, uint64_t seed) const;
 
   // Input channels of the first convolution or linear layer, or -1 when unknown.

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "eval/rank.hpp"
 #include "methods/common.hpp"
 #include "salient/metrics.hpp"
 
@@ -17,6 +18,12 @@ SanityCurve cascading_randomization(const Model& model, const at::Tensor& x, con
   Attribution original = explain(model, xf, fixed);
   at::Tensor abs0 = pixel_saliency(original.map, ChannelReduce::MaxAbs);
   at::Tensor signed0 = pixel_saliency(original.map, ChannelReduce::Sum);
+  // The original's ranks serve every step.
+  std::vector<std::vector<double>> abs0_ranks, signed0_ranks;
+  for (int64_t i = 0; i < xf.size(0); ++i) {
+    abs0_ranks.push_back(detail::mean_ranks(abs0[i]));
+    signed0_ranks.push_back(detail::mean_ranks(signed0[i]));
+  }
 
   SanityCurve curve;
   std::vector<std::string> blocks = model.parameter_blocks(options.min_blocks());
@@ -36,8 +43,8 @@ SanityCurve cascading_randomization(const Model& model, const at::Tensor& x, con
     at::Tensor abs1 = pixel_saliency(a.map, ChannelReduce::MaxAbs);
     at::Tensor signed1 = pixel_saliency(a.map, ChannelReduce::Sum);
     for (int64_t i = 0; i < n; ++i) {
-      curve.spearman_abs[s][i] = spearman(abs0[i], abs1[i]);
-      curve.spearman[s][i] = spearman(signed0[i], signed1[i]);
+      curve.spearman_abs[s][i] = detail::rank_correlation(abs0_ranks[i], detail::mean_ranks(abs1[i]));
+      curve.spearman[s][i] = detail::rank_correlation(signed0_ranks[i], detail::mean_ranks(signed1[i]));
       curve.ssim[s][i] = ssim(abs0[i], abs1[i]);
     }
   }

@@ -96,16 +96,37 @@ class EvalGuard {
 }  // namespace
 
 struct Model::Impl {
+  // What depends only on the module's structure (its graph, module tree and the shapes it
+  // produces), not on parameter values: a randomized() copy shares it with its source.
+  struct Structure {
+    std::shared_ptr<model::TapGraph> graph;
+    std::vector<std::pair<std::string, std::string>> modules;  // path, class, definition order
+    std::mutex mu;
+    std::map<std::string, std::shared_ptr<Compiled>> compiled;
+    std::map<std::vector<int64_t>, std::vector<LayerInfo>> layer_cache;
+    std::map<std::vector<int64_t>, int64_t> bytes_cache;
+    std::map<std::vector<int64_t>, std::string> cam_layer_cache;
+  };
+  explicit Impl(std::shared_ptr<Structure> s = std::make_shared<Structure>())
+      : structure(std::move(s)),
+        graph(structure->graph),
+        modules(structure->modules),
+        mu(structure->mu),
+        compiled(structure->compiled),
+        layer_cache(structure->layer_cache),
+        bytes_cache(structure->bytes_cache),
+        cam_layer_cache(structure->cam_layer_cache) {}
+
   std::string name;
   mutable torch::jit::Module module;
-  std::unique_ptr<model::TapGraph> graph;
-  std::vector<std::pair<std::string, std::string>> modules;  // path, class, definition order
-
-  mutable std::mutex mu;
-  mutable std::map<std::string, std::shared_ptr<Compiled>> compiled;
-  mutable std::map<std::vector<int64_t>, std::vector<LayerInfo>> layer_cache;
-  mutable std::map<std::vector<int64_t>, int64_t> bytes_cache;
-  mutable std::map<std::vector<int64_t>, std::string> cam_layer_cache;
+  std::shared_ptr<Structure> structure;
+  std::shared_ptr<model::TapGraph>& graph;
+  std::vector<std::pair<std::string, std::string>>& modules;
+  std::mutex& mu;
+  std::map<std::string, std::shared_ptr<Compiled>>& compiled;
+  std::map<std::vector<int64_t>, std::vector<LayerInfo>>& layer_cache;
+  std::map<std::vector<int64_t>, int64_t>& bytes_cache;
+  std::map<std::vector<int64_t>, std::string>& cam_layer_cache;
   mutable std::once_flag frozen_once;
   mutable std::unique_ptr<torch::jit::Module> frozen;
   // bias_layers(): the layers found once, each with the tensors its bias derives from
@@ -161,7 +182,7 @@ struct Model::Impl {
     auto forward = module.get_method("forward").graph();
     SALIENT_CHECK(forward->inputs().size() == 2, "model '", name, "': forward takes ", forward->inputs().size() - 1,
                   " inputs; salient explains models that take one image batch");
-    graph = std::make_unique<model::TapGraph>(forward);
+    graph = std::make_shared<model::TapGraph>(forward);
     for (const auto& nm : module.named_modules()) {
       if (nm.name.empty()) continue;
       std::string kind;
@@ -244,8 +265,24 @@ std::vector<std::string> Model::parameter_blocks(size_t min_blocks) const {
   return names;
 }
 
+namespace {
+
+// A copy of a module tree that shares the parameter tensors and class types: new objects
+// down to every submodule, so that replacing a parameter of the copy leaves the source's
+// alone, without copying a single weight.
+c10::intrusive_ptr<c10::ivalue::Object> copy_module_objects(const c10::intrusive_ptr<c10::ivalue::Object>& obj) {
+  auto copy = obj->copy();
+  for (size_t i = 0; i < copy->slots().size(); ++i) {
+    const c10::IValue& v = copy->getSlot(i);
+    if (v.isObject() && v.toObjectRef().type()->is_module()) copy->setSlot(i, copy_module_objects(v.toObject()));
+  }
+  return copy;
+}
+
+}  // namespace
+
 Model Model::randomized(const std::vector<std::string>& modules, uint64_t seed) const {
-  torch::jit::Module copy = impl_->module.clone();
+  torch::jit::Module copy(copy_module_objects(impl_->module._ivalue()));
   std::map<std::string, torch::jit::Module> by_path;
   for (const auto& nm : copy.named_modules()) by_path.emplace(nm.name, nm.value);
   at::NoGradGuard no_grad;
@@ -262,13 +299,17 @@ Model Model::randomized(const std::vector<std::string>& modules, uint64_t seed) 
         const double mean = v.numel() > 0 ? v.mean().item<double>() : 0.0;
         const double sd = v.numel() > 1 ? v.std(/*unbiased=*/false).item<double>() : 0.0;
         // A new tensor for the copy: the original model's parameters are never written.
-        at::Tensor fresh = at::randn(v.sizes(), gen, v.options()) * sd + mean;
+        at::Tensor fresh = at::empty(v.sizes(), v.options());
+        fresh.normal_(mean, sd, gen);
         sub.register_parameter(p.first, fresh, /*is_buffer=*/false);
       }
     }
   }
-  Model m = from_module(copy, impl_->name + " (randomized)");
-  return m;
+  // Same classes and graph: the copy shares the compiled graphs and shape caches.
+  auto impl = std::make_shared<Impl>(impl_->structure);
+  impl->name = impl_->name + " (randomized)";
+  impl->module = copy;
+  return Model(impl);
 }
 
 void Model::check_layer(const std::string& path) const {
