@@ -211,6 +211,19 @@ TEST(MaxSensitivity, ZeroForAConstantGradientBoundedForInputTimesGradient) {
   const double bound = 0.02 * w[1].norm().item<double>() / (x.flatten() * w[1]).norm().item<double>();
   EXPECT_GT(s, 0.0);
   EXPECT_LE(s, bound * (1 + 1e-6));
+  // The perturbed copies go through the method in batches; one per call gives the same.
+  auto cnn = Model::load(data("reference/smallcnn_traced.pt"));
+  at::Tensor xs = reference()["input"].narrow(0, 0, 2);
+  auto t = Target::per_sample({1, 2});
+  at::Tensor all = salient::max_sensitivity(cnn, xs, vanilla, t);
+  for (int64_t per : {1, 3})
+    EXPECT_TRUE(close(salient::max_sensitivity(cnn, xs, vanilla, t, salient::SensitivityOptions().perturbations_per_batch(per)),
+                      all, 1e-9, 1e-4))
+        << per;
+  EXPECT_NE(msg_of([&] {
+              salient::max_sensitivity(cnn, xs, vanilla, t, salient::SensitivityOptions().perturbations_per_batch(0));
+            }).find("perturbations_per_batch must be >= 1"),
+            std::string::npos);
 }
 
 namespace {

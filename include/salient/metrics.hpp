@@ -152,11 +152,13 @@ using ExplainFn = std::function<Attribution(const Model& model, const at::Tensor
 // n_perturb draws of uniform noise in [−radius, radius], of ‖e(x + δ) − e(x)‖ / ‖e(x)‖
 // (Frobenius norms per sample; Captum divides by the norm of the unperturbed
 // explanation). The target class is fixed on x. Lower is better; 0 when e(x) is all zero.
-// Cost: 1 + n_perturb explanations per sample.
+// Cost: 1 + n_perturb explanations per sample, perturbations_per_batch copies per call.
 struct SensitivityOptions {
   SALIENT_ARG(int64_t, n_perturb) = 10;
   SALIENT_ARG(double, radius) = 0.02;
   SALIENT_ARG(uint64_t, seed) = 0;
+  // Perturbed copies explained per call, as one batch (Captum's max_examples_per_batch).
+  SALIENT_ARG(int64_t, perturbations_per_batch) = 10;
 };
 at::Tensor max_sensitivity(const Model& model, const at::Tensor& x, const ExplainFn& explain,
                            const Target& target = Target::predicted(), const SensitivityOptions& options = {});

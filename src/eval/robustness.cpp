@@ -2,6 +2,9 @@
 #include <ATen/core/grad_mode.h>
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "methods/common.hpp"
 #include "salient/metrics.hpp"
 
@@ -47,16 +50,23 @@ at::Tensor max_sensitivity(const Model& model, const at::Tensor& x, const Explai
   at::Tensor xf = detail::checked_input(x, "max_sensitivity");
   SALIENT_CHECK(o.n_perturb() >= 1, "max_sensitivity: n_perturb must be >= 1, got ", o.n_perturb());
   SALIENT_CHECK(o.radius() > 0, "max_sensitivity: radius must be > 0, got ", o.radius());
+  SALIENT_CHECK(o.perturbations_per_batch() >= 1, "max_sensitivity: perturbations_per_batch must be >= 1, got ",
+                o.perturbations_per_batch());
   const int64_t n = xf.size(0);
   Target t = detail::fixed_target(model, xf, target);
   at::Tensor e0 = explain(model, xf, t).map.detach().to(at::kDouble).reshape({n, -1});
   at::Tensor norm0 = e0.norm(2, {1});
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(o.seed());
   at::Tensor best = at::zeros({n}, at::kDouble);
-  for (int64_t j = 0; j < o.n_perturb(); ++j) {
-    at::Tensor delta = (at::rand(xf.sizes(), gen, xf.options()) * 2 - 1) * o.radius();
-    at::Tensor e = explain(model, xf + delta, t).map.detach().to(at::kDouble).reshape({n, -1});
-    best = at::maximum(best, (e - e0).norm(2, {1}));
+  const int64_t k = o.n_perturb(), per = o.perturbations_per_batch();
+  for (int64_t j0 = 0; j0 < k; j0 += per) {
+    // Perturbation-major rows j * N + b, explained in one call.
+    const int64_t j1 = std::min(k, j0 + per);
+    std::vector<at::Tensor> rows;
+    for (int64_t j = j0; j < j1; ++j) rows.push_back(xf + (at::rand(xf.sizes(), gen, xf.options()) * 2 - 1) * o.radius());
+    const Target tj = t.select(at::arange(n, at::kLong).repeat({j1 - j0}), n);
+    at::Tensor e = explain(model, at::cat(rows), tj).map.detach().to(at::kDouble).reshape({j1 - j0, n, -1});
+    best = at::maximum(best, std::get<0>((e - e0.unsqueeze(0)).norm(2, {2}).max(0)));
   }
   return at::where(norm0 > 0, best / norm0, at::zeros_like(best));
 }
