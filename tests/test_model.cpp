@@ -199,6 +199,20 @@ TEST(ModelBias, BiasLayersFollowInPlaceWritesAndReplacedTensors) {
   at::Tensor expected = first[1].bias - w / at::sqrt(var + 1e-5);
   EXPECT_TRUE(at::allclose(model.bias_layers()[1].bias, expected, 1e-5, 1e-6));
 
+  // The BatchNorm's gradient is read at its input, the conv's output, and rescaled by
+  // 1 / (w / sqrt(var + eps)); a zero weight would lose it there, so the BatchNorm's own
+  // output is tapped then.
+  EXPECT_EQ(first[1].tap, "features.0");
+  EXPECT_EQ(first[0].tap, "features.0");
+  EXPECT_FALSE(first[0].tap_scale.defined());
+  EXPECT_TRUE(at::allclose(model.bias_layers()[1].tap_scale, at::sqrt(var + 1e-5) / w, 1e-5, 1e-6));
+  {
+    at::NoGradGuard g;
+    bn.attr("weight").toTensor()[0] = 0.0;
+  }
+  EXPECT_EQ(model.bias_layers()[1].tap, "features.1");
+  EXPECT_FALSE(model.bias_layers()[1].tap_scale.defined());
+
   // A conv bias replaced by a new tensor is seen too.
   auto conv = features.attr("0").toModule();
   at::Tensor fresh = at::full_like(conv.attr("bias").toTensor().detach(), 0.25);

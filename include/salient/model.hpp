@@ -63,6 +63,12 @@ struct BiasLayer {
   std::string path;  // "features.1"
   std::string kind;  // "Conv2d" or "BatchNorm2d"
   at::Tensor bias;   // [C]
+  // Where the gradient at this layer's output is read: the layer itself, or for a
+  // BatchNorm whose input is another module's output used by nothing else, that module
+  // (tapping it leaves the in-place ReLU after the BatchNorm in place); the gradient there
+  // times tap_scale [C] (1 / the BatchNorm's per-channel factor) is the one at the output.
+  std::string tap;
+  at::Tensor tap_scale;  // undefined: 1
 };
 
 // A forward stopped at a layer, to re-run the network from there on modified

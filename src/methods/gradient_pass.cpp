@@ -202,7 +202,7 @@ GradientPass gradient_pass(const Model& model, const at::Tensor& x, const Target
   }
   if (bias) {
     p.bias_layers = model.bias_layers();
-    for (const auto& l : p.bias_layers) taps.push_back(l.path);
+    for (const auto& l : p.bias_layers) taps.push_back(l.tap);
   }
   // A leaf of our own: the caller's tensor keeps its flags, and a model that writes into
   // its input cannot touch the caller's data.
@@ -231,10 +231,12 @@ GradientPass gradient_pass(const Model& model, const at::Tensor& x, const Target
     for (size_t i = 0; i < p.bias_layers.size(); ++i) {
       const at::Tensor& tap = fr.taps[first + i];
       if (!tap.requires_grad() || tap.dim() != 4 || tap.size(1) != p.bias_layers[i].bias.numel()) continue;
-      tap.register_hook([&p, i, collect, name](const at::Tensor& g) {
+      const BiasLayer& l = p.bias_layers[i];
+      at::Tensor scale = l.tap_scale.defined() ? l.bias * l.tap_scale : l.bias;
+      tap.register_hook([&p, i, scale, collect, name](const at::Tensor& g) {
         if (!*collect) return;
         bool finite = true;
-        at::Tensor term = abs_minmax_channel_sum(g, p.bias_layers[i].bias, &finite);
+        at::Tensor term = abs_minmax_channel_sum(g, scale, &finite);
         if (!finite && p.bias_error.empty())
           p.bias_error = std::string(name) + ": non-finite values (NaN or Inf) in the gradient at layer '" +
                          p.bias_layers[i].path + "'";

@@ -135,6 +135,7 @@ struct Model::Impl {
     BiasLayer layer;
     torch::jit::Module module;
     double eps;                         // BatchNorm only
+    std::string input_module;           // BatchNorm only: the module whose output is its sole input
     std::vector<at::Tensor> sources;    // as of the last computation
     std::vector<int64_t> versions;
   };
@@ -537,7 +538,8 @@ std::vector<BiasLayer> Model::bias_layers() const {
       auto tap = outs.find(m.first);
       if (mod == by_path.end() || tap == outs.end()) continue;
       if (m.second == "Conv2d") {
-        if (tensor_attr(mod->second, "bias").defined()) cache.push_back({{m.first, m.second, {}}, mod->second, 0.0, {}, {}});
+        if (tensor_attr(mod->second, "bias").defined())
+          cache.push_back({{m.first, m.second, {}, m.first, {}}, mod->second, 0.0, "", {}, {}});
         continue;
       }
       // BatchNorm: eps is a constant argument of the batch_norm op, not a module attribute.
@@ -547,7 +549,20 @@ std::vector<BiasLayer> Model::bias_layers() const {
       if (!eps || !eps->isDouble()) continue;
       bool all = true;  // affine=False has no bias: skipped, as pytorch-grad-cam does
       for (const char* a : kSources) all = all && tensor_attr(mod->second, a).defined();
-      if (all) cache.push_back({{m.first, m.second, {}}, mod->second, eps->toDouble(), {}, {}});
+      if (!all) continue;
+      // The module (a convolution, usually) whose output is this BatchNorm's input and
+      // nothing else's: its gradient, rescaled per channel, is the one at the BatchNorm.
+      std::string input_module;
+      torch::jit::Value* in = node->input(0);
+      if (in->uses().size() == 1)
+        for (const auto& o : outs) {
+          torch::jit::Node* pn = impl_->graph->producer(o.second.ref);
+          if (pn && o.second.ref.output < pn->outputs().size() && pn->outputs()[o.second.ref.output] == in) {
+            input_module = o.first;
+            break;
+          }
+        }
+      cache.push_back({{m.first, m.second, {}, m.first, {}}, mod->second, eps->toDouble(), input_module, {}, {}});
     }
     impl_->bias_scanned = true;
   }
@@ -569,7 +584,16 @@ std::vector<BiasLayer> Model::bias_layers() const {
     for (size_t i = 0; same && i < src.size(); ++i) same = src[i].is_same(e.sources[i]);
     if (!same) {
       at::NoGradGuard no_grad;
-      e.layer.bias = conv ? src[0].detach().clone() : src[0] - src[1] * src[2] / at::sqrt(src[3] + e.eps);
+      if (conv) {
+        e.layer.bias = src[0].detach().clone();
+      } else {
+        const at::Tensor factor = src[2] / at::sqrt(src[3] + e.eps);  // y = factor · x + bias
+        e.layer.bias = src[0] - src[1] * factor;
+        // A zero factor would lose the gradient at the input: read it at the output then.
+        const bool via_input = !e.input_module.empty() && (factor != 0).all().item<bool>();
+        e.layer.tap = via_input ? e.input_module : e.layer.path;
+        e.layer.tap_scale = via_input ? 1.0 / factor : at::Tensor();
+      }
       e.sources = std::move(src);
       e.versions = std::move(versions);
     }
