@@ -296,7 +296,7 @@ Attribution from_gradient_pass(const GradientPass& p, const std::string& method)
   } else if (method == "guided_backprop") {
     a.map = p.guided_grad;
   } else if (method == "fullgrad") {
-    bool finite = true;
+    bool finite = true;  // unused: the input gradient was checked in the pass
     at::Tensor map = abs_minmax_channel_sum(p.x * p.input_grad, at::Tensor(), &finite);
     // Bilinear resizing is linear: the terms of one resolution (channels and layers) were
     // summed first and are resized once.
