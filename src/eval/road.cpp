@@ -28,11 +28,14 @@ struct ImputationSystem {
   std::vector<double> inv_degree;   // its inverse: the sweeps multiply, a division would stall them
   std::vector<int32_t> nb;          // 8 per unknown: neighbouring unknown, or m (a slot kept at 0)
   std::vector<int32_t> known_nb;    // 8 per unknown: neighbouring known pixel or -1
-  std::vector<double> weight;       // 8 per unknown
 };
 
+// Neighbour offsets and weights (edge 1/6, corner 1/12), k = 0..7 in raster order. The
+// matrix passes use the weights as constants: an absent neighbour reads the zero slot.
+constexpr int kDy[8] = {-1, -1, -1, 0, 0, 1, 1, 1}, kDx[8] = {-1, 0, 1, -1, 1, -1, 0, 1};
+constexpr double kWeight[8] = {1.0 / 12, 1.0 / 6, 1.0 / 12, 1.0 / 6, 1.0 / 6, 1.0 / 12, 1.0 / 6, 1.0 / 12};
+
 ImputationSystem build_system(const bool* removed, int64_t h, int64_t w) {
-  static const int dy[8] = {-1, -1, -1, 0, 0, 1, 1, 1}, dx[8] = {-1, 0, 1, -1, 1, -1, 0, 1};
   ImputationSystem s;
   s.h = h, s.w = w;
   std::vector<int32_t> index(h * w, -1);
@@ -42,16 +45,13 @@ ImputationSystem build_system(const bool* removed, int64_t h, int64_t w) {
   s.degree.assign(m, 0);
   s.nb.assign(8 * m, static_cast<int32_t>(m));
   s.known_nb.assign(8 * m, -1);
-  s.weight.assign(8 * m, 0);
   for (size_t i = 0; i < m; ++i) {
     const int64_t y = s.pixel[i] / w, x = s.pixel[i] % w;
     for (int k = 0; k < 8; ++k) {
-      const int64_t yy = y + dy[k], xx = x + dx[k];
+      const int64_t yy = y + kDy[k], xx = x + kDx[k];
       if (yy < 0 || yy >= h || xx < 0 || xx >= w) continue;
-      const double wt = (dy[k] == 0 || dx[k] == 0) ? 1.0 / 6 : 1.0 / 12;
       const int64_t q = yy * w + xx;
-      s.degree[i] += wt;
-      s.weight[8 * i + k] = wt;
+      s.degree[i] += kWeight[k];
       if (index[q] >= 0)
         s.nb[8 * i + k] = index[q];
       else
@@ -62,10 +62,6 @@ ImputationSystem build_system(const bool* removed, int64_t h, int64_t w) {
   for (size_t i = 0; i < m; ++i) s.inv_degree[i] = 1.0 / s.degree[i];
   return s;
 }
-
-// Neighbour k's weight (edge 1/6, corner 1/12), in build_system's order. The matrix passes
-// use these constants: an absent neighbour reads the zero slot, whatever its weight.
-constexpr double kWeight[8] = {1.0 / 12, 1.0 / 6, 1.0 / 12, 1.0 / 6, 1.0 / 6, 1.0 / 12, 1.0 / 6, 1.0 / 12};
 
 // Solves the system for C channels at once (image, out: C planes of H*W values) by
 // conjugate gradients with a symmetric Gauss-Seidel (SSOR) preconditioner: the matrix is
@@ -83,7 +79,7 @@ void solve_channels(const ImputationSystem& s, const float* image, float* out) {
   for (size_t i = 0; i < m; ++i)
     for (int k = 0; k < 8; ++k)
       if (s.known_nb[8 * i + k] >= 0)
-        for (int c = 0; c < C; ++c) b[i * C + c] += s.weight[8 * i + k] * image[c * plane + s.known_nb[8 * i + k]];
+        for (int c = 0; c < C; ++c) b[i * C + c] += kWeight[k] * image[c * plane + s.known_nb[8 * i + k]];
   auto apply = [&](const std::vector<double>& in, std::vector<double>& res) {
     for (size_t i = 0; i < m; ++i) {
       double acc[C];

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <memory>
 #include <set>
 
 #include "salient/gradient.hpp"
@@ -103,9 +104,10 @@ void channel_range(const float* row, int64_t n, float s, float* mn, float* mx, f
 // max over the positions of each (sample, channel): [N,C,h,w] -> [N,1,h,w]. FullGrad runs
 // it over every bias layer's gradient (11M values on a ResNet-50), so float CPU input is
 // read once: each channel's range is found and its term added while the channel is still
-// in cache, into one accumulator per thread. `scale` [C] may be undefined (1). *finite:
-// whether g had only finite values (checked on the way, without a pass of its own).
-at::Tensor abs_minmax_channel_sum(const at::Tensor& g, const at::Tensor& scale, bool* finite) {
+// in cache, into one accumulator per thread. `scale` [C] may be undefined (1). *finite,
+// when given: whether g had only finite values (checked on the way, without a pass of its
+// own).
+at::Tensor abs_minmax_channel_sum(const at::Tensor& g, const at::Tensor& scale, bool* finite = nullptr) {
   const int64_t n = g.size(0), c = g.size(1), h = g.size(2), w = g.size(3), hw = h * w;
   if (g.scalar_type() != at::kFloat || !g.device().is_cpu()) {
     at::Tensor t = (scale.defined() ? scale.view({1, -1, 1, 1}).to(g.dtype()) * g : g).abs();
@@ -114,10 +116,10 @@ at::Tensor abs_minmax_channel_sum(const at::Tensor& g, const at::Tensor& scale, 
     const at::Tensor& lo = std::get<0>(range);
     at::Tensor inv = 1.0 / (std::get<1>(range) - lo + 1e-7);  // [N,C]
     at::Tensor sum = at::bmm(inv.unsqueeze(1), flat).squeeze(1) - (lo * inv).sum(1, /*keepdim=*/true);
-    *finite = all_finite(g);
+    if (finite) *finite = all_finite(g);
     return sum.view({n, 1, h, w});
   }
-  *finite = true;
+  if (finite) *finite = true;
   if (n * c * hw == 0) return at::zeros({n, 1, h, w}, at::kFloat);
   const at::Tensor gc = g.contiguous();
   const at::Tensor sc = scale.defined() ? scale.to(at::kFloat).contiguous() : at::ones({c}, at::kFloat);
@@ -140,7 +142,7 @@ at::Tensor abs_minmax_channel_sum(const at::Tensor& g, const at::Tensor& scale, 
       for (int64_t q = 0; q < hw; ++q) a[q] += inv * std::abs(s * row[q]);
     }
   });
-  *finite = std::all_of(bad.begin(), bad.end(), [](float v) { return v == 0; });
+  if (finite) *finite = std::all_of(bad.begin(), bad.end(), [](float v) { return v == 0; });
   at::Tensor out = at::empty({n, 1, h, w}, at::kFloat);
   float* op = out.data_ptr<float>();
   for (int64_t smp = 0; smp < n; ++smp) {
@@ -222,29 +224,32 @@ GradientPass gradient_pass(const Model& model, const at::Tensor& x, const Target
   if (mode == Autograd::Off) return p;
 
   at::Tensor s = target.scores(fr.output, p.targets, score).sum();
+  // Each bias layer's gradient becomes its FullGrad term as the backward produces it,
+  // summed per resolution: the gradients of the whole network are never held at once. The
+  // hooks write only to `sink`; turning it off keeps a later (guided) backward out.
+  struct BiasSink {
+    bool active = true;
+    std::string error;  // the first non-finite bias gradient
+    std::map<std::pair<int64_t, int64_t>, at::Tensor> terms;
+  };
+  auto sink = std::make_shared<BiasSink>();
   if (bias) {
-    // Each bias layer's gradient becomes its FullGrad term as the backward produces it,
-    // summed per resolution: the gradients of the whole network are never held at once.
-    // `collect` keeps a later (guided) backward from adding to the terms.
-    auto collect = std::make_shared<bool>(true);
     const size_t first = cam ? 1 : 0;
     for (size_t i = 0; i < p.bias_layers.size(); ++i) {
       const at::Tensor& tap = fr.taps[first + i];
       if (!tap.requires_grad() || tap.dim() != 4 || tap.size(1) != p.bias_layers[i].bias.numel()) continue;
       const BiasLayer& l = p.bias_layers[i];
       at::Tensor scale = l.tap_scale.defined() ? l.bias * l.tap_scale : l.bias;
-      tap.register_hook([&p, i, scale, collect, name](const at::Tensor& g) {
-        if (!*collect) return;
+      tap.register_hook([sink, scale, path = l.path, name](const at::Tensor& g) {
+        if (!sink->active) return;
         bool finite = true;
         at::Tensor term = abs_minmax_channel_sum(g, scale, &finite);
-        if (!finite && p.bias_error.empty())
-          p.bias_error = std::string(name) + ": non-finite values (NaN or Inf) in the gradient at layer '" +
-                         p.bias_layers[i].path + "'";
-        at::Tensor& acc = p.bias_terms[{g.size(2), g.size(3)}];
+        if (!finite && sink->error.empty())
+          sink->error = std::string(name) + ": non-finite values (NaN or Inf) in the gradient at layer '" + path + "'";
+        at::Tensor& acc = sink->terms[{g.size(2), g.size(3)}];
         acc = acc.defined() ? acc.add_(term) : term;
       });
     }
-    p.collect_bias = collect;
     // The hooks hold what they need: the bias layers' outputs can go as soon as the
     // backward is done with them.
     for (size_t i = first; i < fr.taps.size(); ++i) fr.taps[i] = at::Tensor();
@@ -256,8 +261,9 @@ GradientPass gradient_pass(const Model& model, const at::Tensor& x, const Target
   if (!wrt.empty()) {
     auto grads = torch::autograd::grad({s}, wrt, {}, /*retain_graph=*/guided, /*create_graph=*/false,
                                        /*allow_unused=*/true);
-    if (bias) *p.collect_bias = false;
-    SALIENT_CHECK(p.bias_error.empty(), p.bias_error);
+    sink->active = false;
+    SALIENT_CHECK(sink->error.empty(), sink->error);
+    p.bias_terms = std::move(sink->terms);
     size_t k = 0;
     if (input_grad) {
       p.input_grad = grads[k++];
@@ -296,8 +302,7 @@ Attribution from_gradient_pass(const GradientPass& p, const std::string& method)
   } else if (method == "guided_backprop") {
     a.map = p.guided_grad;
   } else if (method == "fullgrad") {
-    bool finite = true;  // unused: the input gradient was checked in the pass
-    at::Tensor map = abs_minmax_channel_sum(p.x * p.input_grad, at::Tensor(), &finite);
+    at::Tensor map = abs_minmax_channel_sum(p.x * p.input_grad, at::Tensor());  // checked in the pass
     // Bilinear resizing is linear: the terms of one resolution (channels and layers) were
     // summed first and are resized once.
     for (const auto& kv : p.bias_terms)

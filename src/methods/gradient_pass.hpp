@@ -3,7 +3,6 @@
 // of the vanilla / Grad-CAM / guided / FullGrad family derives its map from, so that
 // several of them asked for at once share their passes.
 #include <map>
-#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -29,8 +28,6 @@ struct GradientPass {
   // FullGrad's bias terms Σ_c normalised |bias_c · d score / d output_c| of the bias layers,
   // [N,1,h,w] summed per (h, w), filled by gradient hooks during the backward.
   std::map<std::pair<int64_t, int64_t>, at::Tensor> bias_terms;
-  std::string bias_error;                // a non-finite bias gradient, if any
-  std::shared_ptr<bool> collect_bias;    // whether the hooks still add to bias_terms
   int64_t forward_samples = 0, backward_samples = 0;
 };
 
