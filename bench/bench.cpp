@@ -521,8 +521,9 @@ int main(int argc, char** argv) {
     std::vector<Row> rows;
     auto add = [&](const std::vector<Row>& r) { rows.insert(rows.end(), r.begin(), r.end()); };
     // ResNet-50: Faster Score-CAM (205 of layer4's 2048 channels) keeps the run short.
-    add(bench_model("resnet50", (fs::path(o.models) / "resnet50.pt").string(), {1, 3, 224, 224}, o.repeats,
-                    {32, 32, 256, 32, false}));
+    if (fs::exists(fs::path(o.models) / "resnet50.pt"))
+      add(bench_model("resnet50", (fs::path(o.models) / "resnet50.pt").string(), {1, 3, 224, 224}, o.repeats,
+                      {32, 32, 256, 32, false}));
     if (fs::exists(fs::path(o.models) / "resnet18.pt"))
       add(bench_model("resnet18", (fs::path(o.models) / "resnet18.pt").string(), {1, 3, 224, 224}, o.repeats,
                       {32, 32, 256, 32, false}));
@@ -584,8 +585,8 @@ int main(int argc, char** argv) {
             "the demo model at 96x96).\n\n"
          << "Reading:\n\n"
             "- Gradient CAMs record autograd only after their layer and run the backward to that layer only, so "
-            "they cost about one inference forward. Eigen-CAM runs no backward; its eigendecomposition (of the "
-            "smaller Gram matrix of the layer's output) is what it adds.\n"
+            "they cost about one inference forward. Eigen-CAM runs no backward; the top eigenvector of the smaller "
+            "Gram matrix of the layer's output (Lanczos, about ten matrix-vector products) is what it adds.\n"
             "- Input-gradient methods run the model's own graph with frozen parameters; guided backprop and deconvnet "
             "add one hook per ReLU. FullGrad also needs the gradient at every bias layer (the backward computes "
             "them anyway): a gradient hook turns each into its normalised term as the backward produces it, in one "

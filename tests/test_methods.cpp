@@ -1,5 +1,7 @@
 #include <ATen/Parallel.h>
 
+#include <limits>
+
 #include "helpers.hpp"
 
 using namespace testing_salient;
@@ -582,5 +584,39 @@ TEST(EigenCam, ProjectionEqualsTheSvdsFirstComponentWhetherPositionsOrChannelsAr
       if ((ours * expected).sum().item<double>() < 0) expected = -expected;
       EXPECT_TRUE(close(ours, expected, 1e-5 * expected.abs().max().item<double>(), 1e-4)) << side << " " << i;
     }
+  }
+}
+
+TEST(EigenCam, ProjectionIsExactWhenTheTopComponentsAreClose) {
+  // 64 channels from 8 random input channels: a flat spectrum (top two eigenvalues within
+  // a few percent) over more directions than one Lanczos run holds, so it restarts.
+  const int64_t c = 64, side = 14, hw = 12 * 12;
+  auto model = Model::from_module(one_conv_model(at::randn({c, 8, 3, 3}), at::randn({c}), at::randn({3, c})), "conv");
+  at::Tensor x = at::randn({2, 8, side, side});
+  auto a = salient::eigencam(model, x, Target::index(0), salient::EigenCamOptions().layer("conv"));
+  at::Tensor act = model.forward(x, {"conv"}).taps[0].to(at::kDouble);
+  for (int64_t i = 0; i < 2; ++i) {
+    at::Tensor rows = act[i].reshape({c, hw}).t();
+    rows = rows - rows.mean(0, true);
+    auto svd = at::linalg_svd(rows, false);
+    at::Tensor s = std::get<1>(svd);
+    EXPECT_GT((s[1] / s[0]).item<double>(), 0.85) << "the case should be hard";
+    at::Tensor expected = at::matmul(rows, std::get<2>(svd)[0]);
+    at::Tensor ours = a.raw[i].flatten().to(at::kDouble);
+    if ((ours * expected).sum().item<double>() < 0) expected = -expected;
+    EXPECT_TRUE(close(ours, expected, 1e-5 * expected.abs().max().item<double>(), 1e-4)) << i;
+  }
+}
+
+TEST(EigenCam, NonFiniteActivationsAreAnErrorNotAMap) {
+  at::Tensor w = at::randn({4, 2, 3, 3});
+  w[0][0][1][1] = std::numeric_limits<float>::infinity();
+  auto model = Model::from_module(one_conv_model(w, at::zeros({4}), at::randn({3, 4})), "conv");
+  try {
+    salient::eigencam(model, at::rand({1, 2, 6, 6}) + 0.5, Target::index(0), salient::EigenCamOptions().layer("conv"));
+    ADD_FAILURE() << "no error";
+  } catch (const salient::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("non-finite values (NaN or Inf) in the layer's activations"), std::string::npos)
+        << e.what();
   }
 }

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <memory>
 #include <set>
@@ -31,46 +32,195 @@ bool any_of(const std::vector<std::string>& methods, const std::set<std::string>
   return std::any_of(methods.begin(), methods.end(), [&](const std::string& m) { return set.count(m) > 0; });
 }
 
-// Top eigenvector of symmetric PSD matrices g [N,k,k] (double): repeated squaring in
-// float (g^256, renormalised each time) isolates the top eigendirection in eight k x k
-// matmuls; its largest column, refined by power steps in double, is the eigenvector.
-// Much cheaper than an eigendecomposition or SVD for the one vector needed; a top
-// eigenvalue shared by two directions has no unique eigenvector under any method.
-at::Tensor top_eigenvector(const at::Tensor& g) {
-  auto unit = [](const at::Tensor& t, at::IntArrayRef dims) {
-    return t / t.norm(2, dims, /*keepdim=*/true).clamp_min(1e-30);
+double dot(const double* a, const double* b, int64_t n) {
+  // Four partial sums: a single one serialises the loop on the add latency.
+  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) s0 += a[i] * b[i], s1 += a[i + 1] * b[i + 1], s2 += a[i + 2] * b[i + 2], s3 += a[i + 3] * b[i + 3];
+  for (; i < n; ++i) s0 += a[i] * b[i];
+  return (s0 + s1) + (s2 + s3);
+}
+
+void axpy(double a, const double* x, double* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+// Top eigenpair of the symmetric tridiagonal matrix with diagonal a [m] and off-diagonal
+// b [m-1]: the eigenvalue by bisection on Sturm counts, the unit eigenvector y [m] by
+// inverse iteration (elimination with partial pivoting, as LAPACK's dstein). O(m) work
+// per step, where a dense eigendecomposition would cost more than the Lanczos steps.
+double top_tridiagonal(const std::vector<double>& a, const std::vector<double>& b, int64_t m, double* y) {
+  double lo = a[0], hi = a[0], scale = 0;
+  for (int64_t i = 0; i < m; ++i) {
+    const double r = (i > 0 ? std::abs(b[i - 1]) : 0.0) + (i + 1 < m ? std::abs(b[i]) : 0.0);
+    lo = std::min(lo, a[i] - r), hi = std::max(hi, a[i] + r), scale = std::max(scale, std::abs(a[i]) + r);
+  }
+  const double tiny = std::numeric_limits<double>::min() / std::numeric_limits<double>::epsilon();
+  const double eps = std::numeric_limits<double>::epsilon();
+  auto below = [&](double x) {  // how many eigenvalues are < x
+    int64_t count = 0;
+    double d = 1;
+    for (int64_t i = 0; i < m; ++i) {
+      d = a[i] - x - (i > 0 ? b[i - 1] * b[i - 1] / d : 0.0);
+      if (d == 0) d = -tiny;
+      count += d < 0;
+    }
+    return count;
   };
-  at::Tensor p = unit(g.to(at::kFloat), {1, 2});
-  for (int i = 0; i < 8; ++i) p = unit(at::bmm(p, p), {1, 2});
-  at::Tensor col = p.norm(2, {1}).argmax(1);                                                     // [N]
-  at::Tensor v = p.gather(2, col.view({-1, 1, 1}).expand({-1, p.size(1), 1})).to(at::kDouble);  // [N,k,1]
-  for (int i = 0; i < 4; ++i) v = unit(at::bmm(g, v), {1});
-  return v.squeeze(2);  // [N,k], unit length (zero for a zero matrix)
+  for (int it = 0; it < 200 && hi - lo > 2 * eps * std::max(std::abs(lo), std::abs(hi)) + tiny; ++it) {
+    const double mid = 0.5 * (lo + hi);
+    (below(mid) == m ? hi : lo) = mid;
+  }
+  const double theta = 0.5 * (lo + hi);
+  // Inverse iteration: (T - theta I) y = y, normalised, from y = 1. The matrix is nearly
+  // singular by design; a zero pivot becomes eps * |T|.
+  std::vector<double> d(m), u1(m), u2(m), rhs(m);
+  std::fill(y, y + m, 1.0);
+  for (int pass = 0; pass < 3; ++pass) {
+    std::copy(y, y + m, rhs.begin());
+    double c0 = a[0] - theta, c1 = m > 1 ? b[0] : 0.0, c2 = 0, cr = rhs[0];
+    for (int64_t i = 0; i + 1 < m; ++i) {
+      double n0 = b[i], n1 = a[i + 1] - theta, n2 = i + 2 < m ? b[i + 1] : 0.0, nr = rhs[i + 1];
+      if (std::abs(n0) > std::abs(c0)) std::swap(c0, n0), std::swap(c1, n1), std::swap(c2, n2), std::swap(cr, nr);
+      if (c0 == 0) c0 = eps * scale + tiny;
+      const double f = n0 / c0;
+      d[i] = c0, u1[i] = c1, u2[i] = c2, rhs[i] = cr;
+      c0 = n1 - f * c1, c1 = n2 - f * c2, c2 = 0, cr = nr - f * cr;
+    }
+    d[m - 1] = c0 == 0 ? eps * scale + tiny : c0, rhs[m - 1] = cr;
+    for (int64_t i = m - 1; i >= 0; --i)
+      y[i] = (rhs[i] - (i + 1 < m ? u1[i] * y[i + 1] : 0.0) - (i + 2 < m ? u2[i] * y[i + 2] : 0.0)) / d[i];
+    double norm = 0;
+    for (int64_t i = 0; i < m; ++i) norm += y[i] * y[i];
+    norm = std::sqrt(norm);
+    for (int64_t i = 0; i < m; ++i) y[i] /= norm;
+  }
+  return theta;
+}
+
+// Unit top eigenvector v (k values) of a symmetric PSD matrix g [k, k] (row-major,
+// double); returns its eigenvalue (0 and v = 0 for g = 0). Lanczos with full
+// reorthogonalisation: a well-separated top eigenvalue (the usual case for activations)
+// converges in about ten matrix-vector products, against O(k^3) for each step of
+// repeated squaring or for an eigendecomposition; a close one restarts from the Ritz
+// vector. A top eigenvalue shared by two directions has no unique eigenvector.
+double top_eigenvector(const double* g, int64_t k, double* v) {
+  const int64_t m_max = std::min<int64_t>(k, 48);
+  std::vector<double> q((m_max + 1) * k), w(k), start(k);
+  auto apply = [&](const double* x, double* y) {  // y = g x, by rows (g is symmetric)
+    std::fill(y, y + k, 0.0);
+    for (int64_t j = 0; j < k; ++j) axpy(x[j], g + j * k, y, k);
+  };
+  // A fixed start (reproducible maps) with a component along every direction.
+  uint64_t state = 0x9E3779B97F4A7C15ull;
+  for (int64_t i = 0; i < k; ++i) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    start[i] = 0.5 + static_cast<double>(state >> 11) / static_cast<double>(1ull << 53);
+  }
+  // The trace bounds the top eigenvalue: the scale for "numerically zero".
+  double trace = 0;
+  for (int64_t i = 0; i < k; ++i) trace += g[i * k + i];
+  std::fill(v, v + k, 0.0);
+  if (!(trace > 0)) return 0;
+  std::vector<double> alpha, beta;
+  double theta = 0;
+  for (int restart = 0; restart < 50; ++restart) {
+    const double norm = std::sqrt(dot(start.data(), start.data(), k));
+    if (!(norm > 0)) break;
+    for (int64_t i = 0; i < k; ++i) q[i] = start[i] / norm;
+    alpha.clear(), beta.clear();
+    bool invariant = false;
+    int64_t m = 0;
+    std::vector<double> y;
+    double resid = 0;
+    while (true) {
+      double* qm = &q[m * k];
+      apply(qm, w.data());
+      alpha.push_back(dot(w.data(), qm, k));
+      for (int pass = 0; pass < 2; ++pass)  // twice is enough (Kahan, Parlett)
+        for (int64_t j = 0; j <= m; ++j) axpy(-dot(w.data(), &q[j * k], k), &q[j * k], w.data(), k);
+      const double b = std::sqrt(dot(w.data(), w.data(), k));
+      beta.push_back(b);
+      ++m;
+      invariant = b <= 1e-13 * trace || m == k;
+      // The Ritz pair of the tridiagonal matrix, every other step: its residual is
+      // |b * last component of the Ritz vector in the Lanczos basis|.
+      if (invariant || m == m_max || m % 2 == 0) {
+        y.resize(m);
+        theta = top_tridiagonal(alpha, beta, m, y.data());
+        resid = std::abs(b * y[m - 1]);
+        if (invariant || m == m_max || resid <= 1e-11 * std::abs(theta)) break;
+      }
+      for (int64_t i = 0; i < k; ++i) q[m * k + i] = w[i] / b;
+    }
+    std::fill(v, v + k, 0.0);
+    for (int64_t j = 0; j < m; ++j) axpy(y[j], &q[j * k], v, k);
+    if (!(theta > 0)) break;
+    if (invariant || resid <= 1e-11 * theta) return theta;
+    std::copy(v, v + k, start.begin());
+  }
+  if (!(theta > 0)) {
+    std::fill(v, v + k, 0.0);
+    return 0;
+  }
+  return theta;
 }
 
 // First principal component of the positions: [N,C,h,w] -> [N,1,h,w], signed so that the
 // map correlates positively with the channel mean of `m`. The projection M v1 of the
-// centred [hw, C] matrix M on its first right singular vector comes from the smaller Gram
-// matrix (M M^T or M^T M, in double).
-at::Tensor principal_projection(const at::Tensor& m) {
-  const int64_t n = m.size(0), c = m.size(1), h = m.size(2), w = m.size(3);
-  at::Tensor rows = m.reshape({n, c, h * w}).transpose(1, 2).to(at::kDouble);  // [N, hw, C]
-  rows = rows - rows.mean(1, /*keepdim=*/true);
-  at::Tensor proj;
-  if (h * w <= c) {
-    // M M^T = U S^2 U^T and M v1 = s1 u1, s1^2 the Rayleigh quotient of u1.
-    at::Tensor gram = at::bmm(rows, rows.transpose(1, 2));
-    at::Tensor u = top_eigenvector(gram);
-    at::Tensor s2 = (u * at::bmm(gram, u.unsqueeze(2)).squeeze(2)).sum(1, /*keepdim=*/true).clamp_min(0);
-    proj = u * s2.sqrt();
-  } else {
-    at::Tensor v = top_eigenvector(at::bmm(rows.transpose(1, 2), rows));
-    proj = at::bmm(rows, v.unsqueeze(2)).squeeze(2);  // [N, hw]
-  }
-  at::Tensor mean_map = m.mean(1).reshape({n, h * w}).to(at::kDouble);
-  at::Tensor corr = (proj * (mean_map - mean_map.mean(1, /*keepdim=*/true))).sum(1, /*keepdim=*/true);
-  proj = at::where(corr < 0, -proj, proj);
-  return proj.to(m.scalar_type()).reshape({n, 1, h, w});
+// centred [hw, C] matrix M on its first right singular vector comes from the top
+// eigenvector of the smaller of M M^T (M v1 = s1 u1, s1^2 its eigenvalue) and M^T M.
+// M is kept as its transpose [C, hw], the layout of the activations: no copy transposes.
+at::Tensor principal_projection(const at::Tensor& m, const std::string& method, const char* what) {
+  const int64_t n = m.size(0), c = m.size(1), h = m.size(2), w = m.size(3), hw = h * w;
+  // M^T, centred, in double: one pass of our own (tensor ops took 3-6x as long here).
+  const at::Tensor src = m.scalar_type() == at::kDouble ? m.contiguous() : m.to(at::kFloat).contiguous();
+  at::Tensor mt = at::empty({n, c, hw}, at::kDouble);
+  double* mtp = mt.data_ptr<double>();
+  at::parallel_for(0, n * c, 16, [&](int64_t b, int64_t e) {
+    for (int64_t row = b; row < e; ++row) {
+      double* o = mtp + row * hw;
+      if (src.scalar_type() == at::kDouble)
+        std::copy(src.data_ptr<double>() + row * hw, src.data_ptr<double>() + (row + 1) * hw, o);
+      else
+        std::copy(src.data_ptr<float>() + row * hw, src.data_ptr<float>() + (row + 1) * hw, o);
+      double sum = 0;
+      for (int64_t p = 0; p < hw; ++p) sum += o[p];
+      const double mean = sum / static_cast<double>(hw);
+      for (int64_t p = 0; p < hw; ++p) o[p] -= mean;
+    }
+  });
+  const bool over_rows = hw <= c;
+  const int64_t k = over_rows ? hw : c;
+  at::Tensor gram = (over_rows ? at::bmm(mt.transpose(1, 2), mt) : at::bmm(mt, mt.transpose(1, 2))).contiguous();
+  // NaN or Inf anywhere reaches the Gram matrix's diagonal.
+  SALIENT_CHECK(std::isfinite(gram.diagonal(0, 1, 2).sum().item<double>()), method,
+                ": non-finite values (NaN or Inf) in ", what);
+  at::Tensor out = at::empty({n, 1, h, w}, m.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  const double* mp = mt.data_ptr<double>();
+  const double* gp = gram.data_ptr<double>();
+  at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
+    std::vector<double> v(k), proj(hw), mean(hw);
+    for (int64_t i = b; i < e; ++i) {
+      const double* mi = mp + i * c * hw;
+      const double s2 = top_eigenvector(gp + i * k * k, k, v.data());
+      if (over_rows) {
+        for (int64_t p = 0; p < hw; ++p) proj[p] = v[p] * std::sqrt(s2);
+      } else {
+        std::fill(proj.begin(), proj.end(), 0.0);
+        for (int64_t ch = 0; ch < c; ++ch) axpy(v[ch], mi + ch * hw, proj.data(), hw);
+      }
+      // The channel mean of the centred activations is the mean map minus its mean.
+      std::fill(mean.begin(), mean.end(), 0.0);
+      for (int64_t ch = 0; ch < c; ++ch) axpy(1.0, mi + ch * hw, mean.data(), hw);
+      const double sign = dot(proj.data(), mean.data(), hw) < 0 ? -1.0 : 1.0;
+      if (out.scalar_type() == at::kDouble)
+        for (int64_t p = 0; p < hw; ++p) out.data_ptr<double>()[i * hw + p] = sign * proj[p];
+      else
+        for (int64_t p = 0; p < hw; ++p) out.data_ptr<float>()[i * hw + p] = static_cast<float>(sign * proj[p]);
+    }
+  });
+  return m.scalar_type() == out.scalar_type() ? out : out.to(m.scalar_type());
 }
 
 // Min and max of |s·row[i]| over i < n; *nan is 0 unless some row[i] is NaN or infinite
@@ -176,8 +326,8 @@ at::Tensor cam_raw(const std::string& method, const at::Tensor& a, const at::Ten
   if (method == "hirescam") return (g * a).sum(1, /*keepdim=*/true);
   if (method == "layercam") return (at::relu(g) * a).sum(1, /*keepdim=*/true);
   if (method == "gradcam_elementwise") return at::relu(g * a).sum(1, /*keepdim=*/true);
-  if (method == "eigencam") return principal_projection(a);
-  if (method == "eigengradcam") return principal_projection(g * a);
+  if (method == "eigencam") return principal_projection(a, method, "the layer's activations");
+  if (method == "eigengradcam") return principal_projection(g * a, method, "gradient x activation at the layer");
   SALIENT_FAIL("internal: '", method, "' is not a gradient CAM variant");
 }
 
