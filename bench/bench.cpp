@@ -477,6 +477,34 @@ std::vector<Row> bench_model(const std::string& label, const std::string& path, 
   rows.push_back(compare(
       label, "metric infidelity-10", "11 eager forwards, one batch", 0.6,
       [&] { salient::infidelity(model, x, gmap, t); }, [&] { eager_forwards(raw, x, 11, 11); }, few));
+
+  // The same forward-only work on the bf16 frozen copy (opt-in: scores differ from
+  // float32's in about the third digit), against the same float32 eager forwards.
+  const auto bf16 = salient::Precision::BFloat16;
+  rows.push_back(compare(
+      label, "occlusion-" + std::to_string(z.occlusion_window) + "/" + std::to_string(z.occlusion_stride) + " bf16",
+      std::to_string(1 + occ) + " eager forwards, batches of " + std::to_string(fwd_batch), 0.6,
+      [&] {
+        salient::occlusion(
+            model, x, t,
+            salient::OcclusionOptions().window(z.occlusion_window).stride(z.occlusion_stride).precision(bf16));
+      },
+      [&] { eager_forwards(raw, x, 1 + occ, fwd_batch); }, few));
+  auto del_bf16 = salient::PerturbationCurveOptions().precision(bf16);
+  rows.push_back(compare(
+      label, "metric deletion-1% bf16",
+      std::to_string(curve_rows) + " eager forwards, batches of " + std::to_string(fwd_batch), 0.6,
+      [&] { salient::deletion(model, x, gmap, t, del_bf16); },
+      [&] { eager_forwards(raw, x, curve_rows, fwd_batch); }, few));
+  rows.push_back(compare(
+      label, "metric insertion-1% bf16",
+      std::to_string(curve_rows) + " eager forwards, batches of " + std::to_string(fwd_batch), 0.6,
+      [&] { salient::insertion(model, x, gmap, t, del_bf16); },
+      [&] { eager_forwards(raw, x, curve_rows, fwd_batch); }, few));
+  rows.push_back(compare(
+      label, "metric infidelity-10 bf16", "11 eager forwards, one batch", 0.6,
+      [&] { salient::infidelity(model, x, gmap, t, salient::InfidelityOptions().precision(bf16)); },
+      [&] { eager_forwards(raw, x, 11, 11); }, few));
   return rows;
 }
 
@@ -608,6 +636,10 @@ int main(int argc, char** argv) {
             "- Metrics run forward-only on the frozen graph in batches, like the forward-only methods. ROAD's rows "
             "also include its imputation (a sparse solve per removed set, its channels sharing every pass, by "
             "SSOR-preconditioned conjugate gradients), work its 18 eager forwards do not do; infidelity's 11 forwards fit one batch.\n"
+            "- Rows marked bf16 run the same work with precision bf16 (opt-in: Model::infer's second frozen copy, "
+            "bf16 weights in channels-last layout, input cast to bf16, float32 out) against the same float32 eager "
+            "forwards. This CPU has AVX512-BF16; scores differ from float32's in about the third digit (docs/"
+            "methods.md, Precision).\n"
             "- The sanity check re-explains on a randomised copy per block. The copy shares every weight it does "
             "not re-draw and the compiled graphs, so it costs the draws of one block; the baseline deep-copies the "
             "module per block but draws nothing. Max-sensitivity explains its 10 perturbed copies in one batch "

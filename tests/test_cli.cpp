@@ -255,6 +255,7 @@ TEST(Cli, MethodFlagsReachTheirOptions) {
   ASSERT_EQ(salient_cli(run + "--method occlusion --window 16 --stride 8 --baseline 0.5 --out " + dir + "/b").code, 0);
   ASSERT_EQ(salient_cli(run + "--method rise --masks 32 --cell 16 --keep 0.3 --seed 2 --score logit --out " + dir +
                         "/c").code, 0);
+  ASSERT_EQ(salient_cli(run + "--method occlusion --window 16 --stride 8 --precision bf16 --out " + dir + "/d").code, 0);
   Model model = Model::load(ref_model());
   auto expect = [&](const std::string& file, const salient::Attribution& a) {
     EXPECT_TRUE(close(salient::io::read_npy(file), a.map, 1e-9, 1e-5)) << file;
@@ -275,6 +276,9 @@ TEST(Cli, MethodFlagsReachTheirOptions) {
   expect(dir + "/c/x.rise.npy", salient::rise(model, x, Target::index(3),
                                              salient::RiseOptions().n_masks(32).cell(16).keep(0.3).seed(2).score(
                                                  salient::Score::Logit)));
+  expect(dir + "/d/x.occlusion.npy",
+         salient::occlusion(model, x, Target::index(3),
+                            salient::OcclusionOptions().window(16).stride(8).precision(salient::Precision::BFloat16)));
 }
 
 TEST(Cli, BadMethodSettingsAreOneLineErrors) {
@@ -292,6 +296,7 @@ TEST(Cli, BadMethodSettingsAreOneLineErrors) {
   expect_bad_input(run + "--method rise --keep 1.5", dir + "/o8", "keep must be in (0, 1]");
   expect_bad_input(run + "--method all,vanilla", dir + "/o9", "'all' cannot be combined");
   expect_bad_input(run + "--method integrated_gradients --integration simpson", dir + "/o10", "unknown integration 'simpson'");
+  expect_bad_input(run + "--method occlusion --precision half", dir + "/o11", "unknown precision 'half'");
 }
 
 TEST(Cli, EvaluateWritesSummaryTablesPerImageLinesAndPlots) {

@@ -208,6 +208,40 @@ TEST(ReferenceParity, CaptumOcclusionWithTheModelAsItIs) {
   EXPECT_TRUE(close(fast.map, reference()["captum_occlusion"], 2e-5, 1e-3));
 }
 
+TEST(Precision, Bf16RunsAFrozenBf16CopyCloseToFloat32AndLeavesTheModelAlone) {
+  const Model& model = smallcnn();
+  const at::Tensor& x = reference()["input"];
+  at::Tensor f = model.infer(x), b = model.infer(x, salient::Precision::BFloat16);
+  EXPECT_EQ(b.scalar_type(), at::kFloat);
+  EXPECT_FALSE(at::equal(b, f));  // it did run in bf16
+  // An 8-bit mantissa, and sums that cancel: logits within 5% of their largest (3.5% here).
+  EXPECT_TRUE(close(b, f, 0.05 * f.abs().max().item<double>(), 0));
+  EXPECT_TRUE(at::equal(b.argmax(1), f.argmax(1)));
+  for (const auto& p : model.module().parameters()) EXPECT_EQ(p.scalar_type(), at::kFloat);
+  EXPECT_TRUE(at::equal(model.infer(x), f));  // the float32 copy is untouched
+
+  // Forward-only methods and metrics take it as an option; maps and AUCs stay close.
+  auto opts = salient::OcclusionOptions().window(8).stride(4);
+  at::Tensor m32 = salient::occlusion(model, x, reference_targets(), opts).map;
+  at::Tensor m16 =
+      salient::occlusion(model, x, reference_targets(), opts.precision(salient::Precision::BFloat16)).map;
+  for (int64_t i = 0; i < x.size(0); ++i) {
+    at::Tensor a = m32[i].flatten() - m32[i].mean(), c = m16[i].flatten() - m16[i].mean();
+    EXPECT_GT((a * c).sum().item<double>() / (a.norm() * c.norm()).item<double>(), 0.98) << i;
+  }
+  auto curve = salient::PerturbationCurveOptions().step_fraction(0.05);
+  at::Tensor d32 = salient::deletion(model, x, m32, reference_targets(), curve).auc;
+  at::Tensor d16 =
+      salient::deletion(model, x, m32, reference_targets(), curve.precision(salient::Precision::BFloat16)).auc;
+  EXPECT_TRUE(close(d16, d32, 0.02, 0)) << d32 << d16;
+
+  // bf16 exists only on the frozen copy: asking for it on the model as it is is an error.
+  EXPECT_THROW(salient::occlusion(model, x, reference_targets(), opts.optimized(false)), salient::Error);
+  EXPECT_THROW(salient::deletion(model, x, m32, reference_targets(), curve.optimized(false)), salient::Error);
+  EXPECT_EQ(salient::parse_precision("bf16"), salient::Precision::BFloat16);
+  EXPECT_THROW(salient::parse_precision("half"), salient::Error);
+}
+
 TEST(ReferenceParity, PytorchGradCamScoreCamWithTheModelAsItIs) {
   auto a = salient::scorecam(smallcnn(), reference()["input"], reference_targets(),
                              salient::ScoreCamOptions().layer("features.10").optimized(false));

@@ -77,6 +77,7 @@ struct ScoreCamOptions {
   SALIENT_ARG(Score, score) = Score::Logit;
   SALIENT_ARG(int64_t, memory_budget) = int64_t(1) << 30;
   SALIENT_ARG(bool, optimized) = true;
+  SALIENT_ARG(Precision, precision) = Precision::Float32;  // of the frozen copy: Model::infer
 };
 Attribution scorecam(const Model& model, const at::Tensor& x, const Target& target = Target::predicted(),
                      const ScoreCamOptions& options = {});
@@ -90,6 +91,7 @@ struct FasterScoreCamOptions {
   SALIENT_ARG(double, top_k) = 0.1;
   SALIENT_ARG(int64_t, memory_budget) = int64_t(1) << 30;
   SALIENT_ARG(bool, optimized) = true;
+  SALIENT_ARG(Precision, precision) = Precision::Float32;  // of the frozen copy: Model::infer
 };
 Attribution faster_scorecam(const Model& model, const at::Tensor& x, const Target& target = Target::predicted(),
                             const FasterScoreCamOptions& options = {});

@@ -58,6 +58,7 @@ struct ExplainSettings {
   std::optional<bool> gaussian;                  // reciprocam
   std::optional<uint64_t> seed;                  // rise, noise tunnel, noise baseline
   std::optional<int64_t> memory_budget;          // bytes
+  std::optional<Precision> precision;            // occlusion, rise, scorecam, faster_scorecam (default float32)
 };
 
 // Checks settings against the methods before anything runs (unknown names, unknown

@@ -53,6 +53,7 @@ struct PerturbationCurveOptions {
   SALIENT_ARG(Score, score) = Score::Probability;
   SALIENT_ARG(int64_t, memory_budget) = int64_t(1) << 30;
   SALIENT_ARG(bool, optimized) = true;  // frozen, inference-optimised graph
+  SALIENT_ARG(Precision, precision) = Precision::Float32;  // of the frozen copy: Model::infer
 };
 
 struct Curve {
@@ -87,6 +88,7 @@ struct RoadOptions {
   SALIENT_ARG(Score, score) = Score::Probability;
   SALIENT_ARG(int64_t, memory_budget) = int64_t(1) << 30;
   SALIENT_ARG(bool, optimized) = true;
+  SALIENT_ARG(Precision, precision) = Precision::Float32;  // of the frozen copy: Model::infer
 };
 struct RoadResult {
   at::Tensor fraction;             // [K]
@@ -142,6 +144,7 @@ struct InfidelityOptions {
   SALIENT_ARG(uint64_t, seed) = 0;
   SALIENT_ARG(Score, score) = Score::Logit;
   SALIENT_ARG(bool, optimized) = true;  // frozen, inference-optimised graph
+  SALIENT_ARG(Precision, precision) = Precision::Float32;  // of the frozen copy: Model::infer
 };
 at::Tensor infidelity(const Model& model, const at::Tensor& x, const at::Tensor& map,
                       const Target& target = Target::predicted(), const InfidelityOptions& options = {});

@@ -2,7 +2,8 @@
 // Forward-only, perturbation-based methods: no autograd graph, masked inputs run in
 // batches sized from a memory budget, by default on the model's frozen,
 // inference-optimised copy (Model::infer); `optimized(false)` uses the model as it is
-// (what Captum does, for exact parity).
+// (what Captum does, for exact parity); `precision(Precision::BFloat16)` runs a bf16 copy,
+// faster on CPUs with native bf16, scores close to float32's but not equal.
 //
 //   auto occ = salient::occlusion(model, x, salient::Target::index(3),
 //                                 salient::OcclusionOptions().window(16).stride(8));
@@ -29,6 +30,7 @@ struct OcclusionOptions {
   SALIENT_ARG(Score, score) = Score::Logit;
   SALIENT_ARG(int64_t, memory_budget) = int64_t(1) << 30;
   SALIENT_ARG(bool, optimized) = true;
+  SALIENT_ARG(Precision, precision) = Precision::Float32;  // of the frozen copy: Model::infer
 };
 Attribution occlusion(const Model& model, const at::Tensor& x, const Target& target = Target::predicted(),
                       const OcclusionOptions& options = {});
@@ -46,6 +48,7 @@ struct RiseOptions {
   SALIENT_ARG(Score, score) = Score::Probability;
   SALIENT_ARG(int64_t, memory_budget) = int64_t(1) << 30;
   SALIENT_ARG(bool, optimized) = true;
+  SALIENT_ARG(Precision, precision) = Precision::Float32;  // of the frozen copy: Model::infer
 };
 Attribution rise(const Model& model, const at::Tensor& x, const Target& target = Target::predicted(),
                  const RiseOptions& options = {});

@@ -91,6 +91,7 @@ Curve perturbation_curve(const Model& model, const at::Tensor& x, const at::Tens
   SALIENT_CHECK(o.step_pixels() > 0 || (o.step_fraction() > 0 && o.step_fraction() <= 1), name,
                 ": step_fraction must be in (0, 1], got ", o.step_fraction());
   SALIENT_CHECK(o.memory_budget() > 0, name, ": memory_budget must be > 0");
+  const auto inference = detail::inference(name, o.optimized(), o.precision());
   const int64_t step =
       o.step_pixels() > 0 ? o.step_pixels() : std::max<int64_t>(1, static_cast<int64_t>(std::ceil(o.step_fraction() * hw)));
   const int64_t steps = (hw + step - 1) / step;
@@ -108,7 +109,7 @@ Curve perturbation_curve(const Model& model, const at::Tensor& x, const at::Tens
     }
   }
   Attribution probe;
-  const auto classes = detail::sample_classes(model, xf, target, o.optimized(), &probe);
+  const auto classes = detail::sample_classes(model, xf, target, inference, &probe);
   const int64_t per = steps + 1, rows = n * per;
   auto make_rows = [&](int64_t r0, int64_t r1) {
     at::Tensor r = at::arange(r0, r1, rank.options());
@@ -119,7 +120,7 @@ Curve perturbation_curve(const Model& model, const at::Tensor& x, const at::Tens
   Curve curve;
   curve.scores =
       detail::batched_scores(rows, std::min(rows, detail::forward_chunk_rows(model, xf, o.memory_budget())),
-                             detail::input_rows(model, make_rows, o.optimized()), [&](int64_t r) { return r / per; },
+                             detail::input_rows(model, make_rows, inference), [&](int64_t r) { return r / per; },
                              classes, target, o.score())
           .view({n, per});
   curve.fraction = thresholds.to(at::kFloat) / static_cast<float>(hw);

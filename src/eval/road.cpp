@@ -215,6 +215,7 @@ RoadResult road(const Model& model, const at::Tensor& x, const at::Tensor& map, 
     SALIENT_CHECK(f > 0 && f < 1, "road: fractions must lie in (0, 1), got ", f);
   SALIENT_CHECK(o.noise() >= 0, "road: noise must be >= 0, got ", o.noise());
   SALIENT_CHECK(o.memory_budget() > 0, "road: memory_budget must be > 0");
+  const auto inference = detail::inference("road", o.optimized(), o.precision());
   const int64_t k = static_cast<int64_t>(o.fractions().size()), per = 2 * k;
   std::vector<int64_t> counts;
   for (double f : o.fractions())
@@ -224,7 +225,7 @@ RoadResult road(const Model& model, const at::Tensor& x, const at::Tensor& map, 
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(o.seed());
   at::Tensor noise = at::randn({per, c, h, w}, gen, xf.options()) * o.noise();
   Attribution probe;
-  const auto classes = detail::sample_classes(model, xf, target, o.optimized(), &probe);
+  const auto classes = detail::sample_classes(model, xf, target, inference, &probe);
   const int64_t rows = n * per;
   auto make_rows = [&](int64_t r0, int64_t r1) {
     std::vector<at::Tensor> masks;
@@ -238,7 +239,7 @@ RoadResult road(const Model& model, const at::Tensor& x, const at::Tensor& map, 
   };
   at::Tensor scores =
       detail::batched_scores(rows, std::min(rows, detail::forward_chunk_rows(model, xf, o.memory_budget())),
-                             detail::input_rows(model, make_rows, o.optimized()), [&](int64_t r) { return r / per; },
+                             detail::input_rows(model, make_rows, inference), [&](int64_t r) { return r / per; },
                              classes, target, o.score())
           .view({n, 2, k});
   RoadResult res;

@@ -16,6 +16,7 @@ at::Tensor infidelity(const Model& model, const at::Tensor& x, const at::Tensor&
   const int64_t n = xf.size(0), k = o.n_perturb();
   SALIENT_CHECK(k >= 1, "infidelity: n_perturb must be >= 1, got ", k);
   SALIENT_CHECK(o.noise_std() > 0, "infidelity: noise_std must be > 0, got ", o.noise_std());
+  const auto inference = detail::inference("infidelity", o.optimized(), o.precision());
   SALIENT_CHECK(map.defined() && map.dim() == 4 && map.size(0) == n && (map.size(1) == 1 || map.size(1) == xf.size(1)) &&
                     map.size(2) == xf.size(2) && map.size(3) == xf.size(3),
                 "infidelity: map ", map.defined() ? detail::shape_str(map.sizes()) : std::string("undefined"),
@@ -27,7 +28,7 @@ at::Tensor infidelity(const Model& model, const at::Tensor& x, const at::Tensor&
   // perturbation, perturbation-major after them: row N + j * N + b.
   at::Tensor noise = at::randn({k, n, xf.size(1), xf.size(2), xf.size(3)}, gen, xf.options()) * o.noise_std();
   at::Tensor rows = at::cat({xf, (xf.unsqueeze(0) - noise).reshape({k * n, xf.size(1), xf.size(2), xf.size(3)})});
-  at::Tensor out = o.optimized() ? model.infer(rows) : model.predict(rows);
+  at::Tensor out = inference.run(model, rows);
   at::Tensor clean_out = out.narrow(0, 0, n), perturbed_out = out.narrow(0, n, k * n);
   // The target is fixed on the clean input.
   const Target t = target.is_predicted() ? Target::per_sample(detail::to_vector(target.resolve(clean_out))) : target;

@@ -90,7 +90,8 @@ namespace {
 
 // Score-CAM on the channels `selected` [N, k] of each sample.
 Attribution score_weighted(const Model& model, LayerPass& p, const at::Tensor& xf, const Target& target,
-                           const at::Tensor& selected, Score score, int64_t budget, bool optimized) {
+                           const at::Tensor& selected, Score score, int64_t budget,
+                           const detail::Inference& inference) {
   const int64_t n = xf.size(0), k = selected.size(1), c = p.act.size(1);
   const int64_t h = p.act.size(2), w = p.act.size(3);
   std::vector<int64_t> classes;
@@ -106,7 +107,7 @@ Attribution score_weighted(const Model& model, LayerPass& p, const at::Tensor& x
     return xf.index_select(0, sample) * ((up - lo) / (hi - lo + 1e-8));
   };
   const int64_t rows = n * k;
-  at::Tensor scores = detail::batched_scores(rows, std::min(rows, detail::forward_chunk_rows(model, xf, budget)), detail::input_rows(model, make_rows, optimized), [&](int64_t r) { return r / k; }, classes, target, score);
+  at::Tensor scores = detail::batched_scores(rows, std::min(rows, detail::forward_chunk_rows(model, xf, budget)), detail::input_rows(model, make_rows, inference), [&](int64_t r) { return r / k; }, classes, target, score);
   at::Tensor weights = at::zeros({n, c});
   weights.scatter_(1, selected, at::softmax(scores.view({n, k}), 1));
   p.result.forward_samples += rows;
@@ -118,17 +119,19 @@ Attribution score_weighted(const Model& model, LayerPass& p, const at::Tensor& x
 
 Attribution scorecam(const Model& model, const at::Tensor& x, const Target& target, const ScoreCamOptions& o) {
   SALIENT_CHECK(o.memory_budget() > 0, "scorecam: memory_budget must be > 0");
+  const auto inference = detail::inference("scorecam", o.optimized(), o.precision());
   at::Tensor xf = detail::checked_input(x, "scorecam");
   LayerPass p = layer_pass(model, xf, target, o.layer(), "scorecam");
   at::NoGradGuard no_grad;
   at::Tensor all = at::arange(p.act.size(1), at::TensorOptions().dtype(at::kLong)).unsqueeze(0).expand({xf.size(0), -1});
-  return score_weighted(model, p, xf, target, all.contiguous(), o.score(), o.memory_budget(), o.optimized());
+  return score_weighted(model, p, xf, target, all.contiguous(), o.score(), o.memory_budget(), inference);
 }
 
 Attribution faster_scorecam(const Model& model, const at::Tensor& x, const Target& target,
                             const FasterScoreCamOptions& o) {
   SALIENT_CHECK(o.top_k() > 0, "faster_scorecam: top_k must be > 0, got ", o.top_k());
   SALIENT_CHECK(o.memory_budget() > 0, "faster_scorecam: memory_budget must be > 0");
+  const auto inference = detail::inference("faster_scorecam", o.optimized(), o.precision());
   at::Tensor xf = detail::checked_input(x, "faster_scorecam");
   LayerPass p =
       layer_pass(model, xf, target, o.layer(), "faster_scorecam");
@@ -137,7 +140,7 @@ Attribution faster_scorecam(const Model& model, const at::Tensor& x, const Targe
   int64_t k = o.top_k() < 1 ? static_cast<int64_t>(std::ceil(o.top_k() * c)) : static_cast<int64_t>(o.top_k());
   k = std::max<int64_t>(1, std::min(k, c));
   at::Tensor selected = std::get<1>(p.act.flatten(2).var(2).topk(k, 1));
-  return score_weighted(model, p, xf, target, selected.contiguous(), o.score(), o.memory_budget(), o.optimized());
+  return score_weighted(model, p, xf, target, selected.contiguous(), o.score(), o.memory_budget(), inference);
 }
 
 namespace {

@@ -42,11 +42,21 @@ std::vector<int64_t> to_vector(const at::Tensor& t) {
   return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
 }
 
-std::vector<int64_t> sample_classes(const Model& model, const at::Tensor& x, const Target& target, bool optimized,
-                                    Attribution* a) {
+at::Tensor Inference::run(const Model& model, const at::Tensor& x) const {
+  return optimized ? model.infer(x, precision) : model.predict(x);
+}
+
+Inference inference(const char* method, bool optimized, Precision precision) {
+  SALIENT_CHECK(optimized || precision == Precision::Float32, method, ": precision ", precision_name(precision),
+                " runs on the frozen inference copy: it needs optimized(true)");
+  return Inference{optimized, precision};
+}
+
+std::vector<int64_t> sample_classes(const Model& model, const at::Tensor& x, const Target& target,
+                                    const Inference& inference, Attribution* a) {
   if (target.is_function()) return {};
   if (!target.is_predicted()) return target.classes(x.size(0));
-  a->output = optimized ? model.infer(x) : model.predict(x);
+  a->output = inference.run(model, x);
   a->forward_samples += x.size(0);
   return to_vector(target.resolve(a->output));
 }
@@ -73,11 +83,8 @@ at::Tensor batched_scores(int64_t rows, int64_t chunk, const std::function<at::T
 
 std::function<at::Tensor(int64_t, int64_t)> input_rows(const Model& model,
                                                        std::function<at::Tensor(int64_t, int64_t)> make_rows,
-                                                       bool optimized) {
-  return [&model, make_rows, optimized](int64_t r0, int64_t r1) {
-    at::Tensor batch = make_rows(r0, r1);
-    return optimized ? model.infer(batch) : model.predict(batch);
-  };
+                                                       Inference inference) {
+  return [&model, make_rows, inference](int64_t r0, int64_t r1) { return inference.run(model, make_rows(r0, r1)); };
 }
 
 int64_t forward_chunk_rows(const Model& model, const at::Tensor& x, int64_t budget) {

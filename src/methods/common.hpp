@@ -28,10 +28,20 @@ void check_finite(const at::Tensor& t, const char* method, const char* what);
 
 std::vector<int64_t> to_vector(const at::Tensor& t);  // int64 values
 
+// Where a forward-only method runs its rows: the frozen inference copy (optimized) in
+// `precision`, or the model as it is (float32 only).
+struct Inference {
+  bool optimized = true;
+  Precision precision = Precision::Float32;
+  at::Tensor run(const Model& model, const at::Tensor& x) const;
+};
+// Checks the pair for `method` (bf16 needs the frozen copy).
+Inference inference(const char* method, bool optimized, Precision precision);
+
 // Per-sample classes of a forward-only method: explicit ones as given, the predicted
 // ones from one forward (recorded in *a); empty for a score function.
-std::vector<int64_t> sample_classes(const Model& model, const at::Tensor& x, const Target& target, bool optimized,
-                                    Attribution* a);
+std::vector<int64_t> sample_classes(const Model& model, const at::Tensor& x, const Target& target,
+                                    const Inference& inference, Attribution* a);
 
 // Scores of many perturbed rows, forward-only, in chunks: outputs_of(r0, r1) gives the
 // model output for rows [r0, r1); row r belongs to sample sample_of(r) and is scored for
@@ -44,7 +54,7 @@ at::Tensor batched_scores(int64_t rows, int64_t chunk, const std::function<at::T
 // frozen inference copy).
 std::function<at::Tensor(int64_t, int64_t)> input_rows(const Model& model,
                                                        std::function<at::Tensor(int64_t, int64_t)> make_rows,
-                                                       bool optimized);
+                                                       Inference inference);
 
 // Rows per forward-only chunk under `budget` bytes for samples like x's.
 int64_t forward_chunk_rows(const Model& model, const at::Tensor& x, int64_t budget);

@@ -46,6 +46,7 @@ std::optional<double> number(const std::string& s) {
 Score score_or(const ExplainSettings& s, Score fallback) { return s.score ? *s.score : fallback; }
 
 int64_t budget(const ExplainSettings& s) { return s.memory_budget ? *s.memory_budget : int64_t(1) << 30; }
+Precision precision(const ExplainSettings& s) { return s.precision.value_or(Precision::Float32); }
 
 IntegratedGradientsOptions ig_options(const ExplainSettings& s) {
   IntegratedGradientsOptions o;
@@ -101,7 +102,7 @@ Attribution run_single(const Model& model, const at::Tensor& x, const std::strin
   if (name == "smoothgrad" || name == "smoothgrad_sq" || name == "vargrad") return run_noise_tunnel(model, x, name, target, s);
   if (name == "occlusion") {
     OcclusionOptions o;
-    o.score(score_or(s, Score::Logit)).memory_budget(budget(s));
+    o.score(score_or(s, Score::Logit)).memory_budget(budget(s)).precision(precision(s));
     if (s.window) o.window(*s.window);
     if (s.stride) o.stride(*s.stride);
     if (auto v = number(s.baseline)) o.baseline(*v);
@@ -109,7 +110,7 @@ Attribution run_single(const Model& model, const at::Tensor& x, const std::strin
   }
   if (name == "rise") {
     RiseOptions o;
-    o.score(score_or(s, Score::Probability)).memory_budget(budget(s));
+    o.score(score_or(s, Score::Probability)).memory_budget(budget(s)).precision(precision(s));
     if (s.masks) o.n_masks(*s.masks);
     if (s.cell) o.cell(*s.cell);
     if (s.keep) o.keep(*s.keep);
@@ -118,10 +119,11 @@ Attribution run_single(const Model& model, const at::Tensor& x, const std::strin
   }
   if (name == "scorecam")
     return scorecam(model, x, target,
-                    ScoreCamOptions().layer(s.layer).score(score_or(s, Score::Logit)).memory_budget(budget(s)));
+                    ScoreCamOptions().layer(s.layer).score(score_or(s, Score::Logit)).memory_budget(budget(s))
+                        .precision(precision(s)));
   if (name == "faster_scorecam") {
     FasterScoreCamOptions o;
-    o.layer(s.layer).score(score_or(s, Score::Logit)).memory_budget(budget(s));
+    o.layer(s.layer).score(score_or(s, Score::Logit)).memory_budget(budget(s)).precision(precision(s));
     if (s.top_k) o.top_k(*s.top_k);
     return faster_scorecam(model, x, target, o);
   }

@@ -28,11 +28,12 @@ Attribution occlusion(const Model& model, const at::Tensor& x, const Target& tar
   SALIENT_CHECK(o.window() <= h && o.window() <= w, "occlusion: window ", o.window(), " is larger than the image (",
                 h, "x", w, ")");
   SALIENT_CHECK(o.memory_budget() > 0, "occlusion: memory_budget must be > 0");
+  const auto inference = detail::inference("occlusion", o.optimized(), o.precision());
   auto ys = window_starts(h, o.window(), o.stride()), xs = window_starts(w, o.window(), o.stride());
   const int64_t per_sample = static_cast<int64_t>(ys.size() * xs.size());
 
   Attribution a;
-  const auto classes = detail::sample_classes(model, xf, target, o.optimized(), &a);
+  const auto classes = detail::sample_classes(model, xf, target, inference, &a);
   // Row 0 of each sample is the clean input; rows 1..P occlude window p - 1.
   const int64_t rows = n * (per_sample + 1);
   auto window_of = [&](int64_t p, int64_t* y0, int64_t* x0) {
@@ -53,7 +54,7 @@ Attribution occlusion(const Model& model, const at::Tensor& x, const Target& tar
     }
     return at::stack(parts);
   };
-  at::Tensor scores = detail::batched_scores(rows, std::min(rows, detail::forward_chunk_rows(model, xf, o.memory_budget())), detail::input_rows(model, make_rows, o.optimized()), [&](int64_t r) { return r / (per_sample + 1); }, classes, target, o.score());
+  at::Tensor scores = detail::batched_scores(rows, std::min(rows, detail::forward_chunk_rows(model, xf, o.memory_budget())), detail::input_rows(model, make_rows, inference), [&](int64_t r) { return r / (per_sample + 1); }, classes, target, o.score());
   at::Tensor sum = at::zeros({n, 1, h, w}), count = at::zeros({n, 1, h, w});
   auto sc = scores.view({n, per_sample + 1});
   for (int64_t s = 0; s < n; ++s) {
@@ -94,15 +95,16 @@ Attribution rise(const Model& model, const at::Tensor& x, const Target& target, 
   at::Tensor xf = detail::checked_input(x, "rise");
   const int64_t n = xf.size(0), h = xf.size(2), w = xf.size(3), m = o.n_masks();
   SALIENT_CHECK(o.memory_budget() > 0, "rise: memory_budget must be > 0");
+  const auto inference = detail::inference("rise", o.optimized(), o.precision());
   at::Tensor masks = rise_masks(m, h, w, o);
   Attribution a;
-  const auto classes = detail::sample_classes(model, xf, target, o.optimized(), &a);
+  const auto classes = detail::sample_classes(model, xf, target, inference, &a);
   const int64_t rows = n * m;  // sample-major: row = s * m + i
   auto make_rows = [&](int64_t r0, int64_t r1) {
     at::Tensor r = at::arange(r0, r1, at::TensorOptions().dtype(at::kLong));
     return xf.index_select(0, r.div(m, "floor")) * masks.index_select(0, r.remainder(m));
   };
-  at::Tensor scores = detail::batched_scores(rows, std::min(rows, detail::forward_chunk_rows(model, xf, o.memory_budget())), detail::input_rows(model, make_rows, o.optimized()), [&](int64_t r) { return r / m; }, classes, target, o.score());
+  at::Tensor scores = detail::batched_scores(rows, std::min(rows, detail::forward_chunk_rows(model, xf, o.memory_budget())), detail::input_rows(model, make_rows, inference), [&](int64_t r) { return r / m; }, classes, target, o.score());
   // Σ_i score_i M_i / (m p), per sample.
   at::Tensor weighted = at::matmul(scores.view({n, m}), masks.view({m, h * w}));
   a.map = (weighted / (static_cast<double>(m) * o.keep())).view({n, 1, h, w});

@@ -93,7 +93,7 @@ bool is_cam_method(const std::string& name);
 // The method flags shared by explain and demo; each sets the ExplainSettings field of the
 // same name, unset flags keep the method's default.
 struct MethodFlags {
-  std::string layer, score, integration, baseline, base, memory_budget = "1G";
+  std::string layer, score, integration, baseline, base, memory_budget = "1G", precision = "float32";
   int64_t n_steps = 0, samples = 0, window = 0, stride = 0, masks = 0, cell = 0;
   double noise_level = 0, keep = 0, top_k = 0;
   uint64_t seed = 0;

@@ -123,6 +123,8 @@ int run_evaluate(const EvaluateArgs& a) {
   SALIENT_CHECK(a.step > 0 && a.step <= 1, "--step must be in (0, 1], got ", a.step);
   curve.step_fraction(a.step).substrate(substrate_from_string(a.substrate)).reduce(channel_reduce_from_string(a.reduce));
   if (settings.memory_budget) curve.memory_budget(*settings.memory_budget);
+  const Precision precision = settings.precision.value_or(Precision::Float32);
+  curve.precision(precision);
   const ChannelReduce reduce = channel_reduce_from_string(a.reduce);
 
   io::Preprocess pre = preprocess_from_flags(a.preprocess);
@@ -144,6 +146,7 @@ int run_evaluate(const EvaluateArgs& a) {
   RoadOptions road_options;
   road_options.reduce(reduce);
   if (settings.memory_budget) road_options.memory_budget(*settings.memory_budget);
+  road_options.precision(precision);
   std::ostringstream per_image;
   const bool tty = ::isatty(2);
   const size_t total = entries.size();
@@ -187,7 +190,7 @@ int run_evaluate(const EvaluateArgs& a) {
                              : 0.0;
       if (metrics.count("energy"))
         mj["energy"] = e.has_mask ? energy_in_mask(map[0], e.mask, reduce) : energy_in_box(map[0], e.box, reduce);
-      if (metrics.count("infidelity")) mj["infidelity"] = infidelity(model, e.x, map, t)[0].item<double>();
+      if (metrics.count("infidelity")) mj["infidelity"] = infidelity(model, e.x, map, t, InfidelityOptions().precision(precision))[0].item<double>();
       if (metrics.count("sensitivity")) {
         ExplainFn fn = [&](const Model& mm, const at::Tensor& xx, const Target& tt) {
           return explain(mm, xx, m, tt, settings);
