@@ -47,6 +47,11 @@ int main(int argc, char** argv) {
       }
       auto road = salient::road(model, x, maps.at("gradcam").map, salient::Target::index(1));
       std::cout << "  road combined " << road.combined << "\n";
+      // The bf16 frozen copy (channels-last weights) must build and stay close to float32.
+      at::Tensor f32 = model.infer(x), b16 = model.infer(x, salient::Precision::BFloat16);
+      const double bgap = (b16 - f32).abs().max().item<double>() / f32.abs().max().item<double>();
+      std::cout << "  bf16 infer: max gap / max |logit| " << bgap << "\n";
+      if (!(bgap < 0.05)) ++failures;
     } catch (const std::exception& e) {
       std::cout << "  FAILED: " << e.what() << "\n";
       ++failures;
