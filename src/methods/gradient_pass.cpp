@@ -114,14 +114,14 @@ double top_eigenvector(int64_t k, double trace, const Apply& apply, double* v) {
     state = state * 6364136223846793005ull + 1442695040888963407ull;
     start[i] = 0.5 + static_cast<double>(state >> 11) / static_cast<double>(1ull << 53);
   }
-  // The trace bounds the top eigenvalue: the scale for "numerically zero".
   std::fill(v, v + k, 0.0);
+  // The trace bounds the top eigenvalue: the scale for "numerically zero".
   if (!(trace > 0)) return 0;
   std::vector<double> alpha, beta;
   double theta = 0;
   for (int restart = 0; restart < 50; ++restart) {
     const double norm = std::sqrt(dot(start.data(), start.data(), k));
-    if (!(norm > 0)) break;
+    if (!(norm > 0)) return 0;  // v is still zero
     for (int64_t i = 0; i < k; ++i) q[i] = start[i] / norm;
     alpha.clear(), beta.clear();
     bool invariant = false;
@@ -150,16 +150,14 @@ double top_eigenvector(int64_t k, double trace, const Apply& apply, double* v) {
       }
       for (int64_t i = 0; i < k; ++i) q[m * k + i] = w[i] / b;
     }
-    std::fill(v, v + k, 0.0);
+    if (!(theta > 0)) return 0;  // v is still zero
     for (int64_t j = 0; j < m; ++j) axpy(y[j], &q[j * k], v, k);
-    if (!(theta > 0)) break;
     if (invariant || resid <= 1e-9 * theta) return theta;
     std::copy(v, v + k, start.begin());
-  }
-  if (!(theta > 0)) {
     std::fill(v, v + k, 0.0);
-    return 0;
   }
+  // Not converged in 50 restarts (a near-tie at the top): the last Ritz vector.
+  std::copy(start.begin(), start.end(), v);
   return theta;
 }
 
@@ -189,6 +187,8 @@ at::Tensor principal_projection(const at::Tensor& m, const std::string& method, 
       for (int64_t p = 0; p < hw; ++p) o[p] -= mean;
     }
   });
+  SALIENT_CHECK(std::all_of(finite.begin(), finite.end(), [](char f) { return f != 0; }), method,
+                ": non-finite values (NaN or Inf) in ", what);
   const bool over_rows = hw <= c;
   const int64_t k = over_rows ? hw : c;
   // The Gram matrix (hw C k multiply-adds, by BLAS) pays off against applying A through
@@ -198,8 +198,6 @@ at::Tensor principal_projection(const at::Tensor& m, const std::string& method, 
   at::Tensor g;
   if (gram) g = (over_rows ? at::bmm(mt.transpose(1, 2), mt) : at::bmm(mt, mt.transpose(1, 2))).contiguous();
   const double* gp = gram ? g.data_ptr<double>() : nullptr;
-  SALIENT_CHECK(std::all_of(finite.begin(), finite.end(), [](char f) { return f != 0; }), method,
-                ": non-finite values (NaN or Inf) in ", what);
   at::Tensor out = at::empty({n, 1, h, w}, m.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
   const double* mp = mt.data_ptr<double>();
   at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {

@@ -373,19 +373,25 @@ Precision parse_precision(const std::string& name) {
 at::Tensor Model::infer(const at::Tensor& x, Precision precision) const {
   SALIENT_CHECK(x.defined(), "model '", impl_->name, "': input tensor is undefined");
   const bool bf16 = precision == Precision::BFloat16;
+  // A copy in eval mode, so that the caller's module keeps its flags, weights and dtype.
+  auto build = [this](bool to_bf16) {
+    torch::jit::Module copy = impl_->module.clone();
+    copy.eval();
+    if (to_bf16) {
+      copy.to(at::kBFloat16);
+      // oneDNN's bf16 convolutions are fastest on channels-last (NHWC) data: 4-D weights
+      // and the input take that layout (0.38-0.42 of an eager float32 forward on the
+      // ResNets here, against 0.47-0.53 in the default layout).
+      for (const auto& p : copy.parameters(/*recurse=*/true))
+        if (p.dim() == 4) p.set_data(p.contiguous(at::MemoryFormat::ChannelsLast));
+    }
+    torch::jit::Module frozen = torch::jit::freeze(copy);
+    return std::make_unique<torch::jit::Module>(torch::jit::optimize_for_inference(frozen));
+  };
   if (bf16) {
-    std::call_once(impl_->frozen_bf16_once, [this] {
+    std::call_once(impl_->frozen_bf16_once, [&] {
       try {
-        torch::jit::Module copy = impl_->module.clone();
-        copy.eval();
-        copy.to(at::kBFloat16);
-        // oneDNN's bf16 convolutions are fastest on channels-last (NHWC) data: 4-D weights
-        // and the input take that layout (0.38-0.42 of an eager float32 forward on the
-        // ResNets here, against 0.47-0.53 in the default layout).
-        for (const auto& p : copy.parameters(/*recurse=*/true))
-          if (p.dim() == 4) p.set_data(p.contiguous(at::MemoryFormat::ChannelsLast));
-        torch::jit::Module frozen = torch::jit::freeze(copy);
-        impl_->frozen_bf16 = std::make_unique<torch::jit::Module>(torch::jit::optimize_for_inference(frozen));
+        impl_->frozen_bf16 = build(true);
       } catch (const std::exception& e) {
         impl_->frozen_bf16_error = brief(e);
       }
@@ -393,13 +399,7 @@ at::Tensor Model::infer(const at::Tensor& x, Precision precision) const {
     SALIENT_CHECK(impl_->frozen_bf16, "model '", impl_->name,
                   "' cannot run in bf16 (converting or freezing its copy failed: ", impl_->frozen_bf16_error, ")");
   } else {
-    std::call_once(impl_->frozen_once, [this] {
-      // A copy in eval mode, so that the caller's module keeps its flags and weights.
-      torch::jit::Module copy = impl_->module.clone();
-      copy.eval();
-      torch::jit::Module frozen = torch::jit::freeze(copy);
-      impl_->frozen = std::make_unique<torch::jit::Module>(torch::jit::optimize_for_inference(frozen));
-    });
+    std::call_once(impl_->frozen_once, [&] { impl_->frozen = build(false); });
   }
   at::NoGradGuard no_grad;
   c10::IValue out;
