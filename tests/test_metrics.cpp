@@ -1,5 +1,7 @@
 // Metrics on hand-checked tiny cases: exact curves and AUCs, pointing and energy on known
 // boxes, rank correlation and SSIM identities, and the cascading randomisation.
+#include <ATen/Parallel.h>
+
 #include "helpers.hpp"
 #include "salient/metrics.hpp"
 
@@ -290,6 +292,32 @@ TEST(Road, ImputationSolvesRongsSystemAndKeepsLinearRampsExact) {
   EXPECT_EQ(diff.masked_select(~removed.expand({3, 19, 23})).abs().max().item<float>(), 0.f);
   EXPECT_NE(msg_of([&] { salient::noisy_linear_imputation(img, at::ones({1, 19, 23}), 0); }).find("every pixel removed"),
             std::string::npos);
+}
+
+TEST(Road, ImputationIsExactThroughEveryLevelAndEachRowIsSolvedAsIfAlone) {
+  // 40x52 runs the multigrid on four levels (40x52, 20x26, 10x13, 5x7). One batch, one
+  // thread, so the rows share a workspace, largest first: a disc with scattered pixels, a
+  // band along the bottom border (its rows only), a single corner pixel. Each row equals
+  // its dense solution and, bit for bit, the same row imputed alone.
+  const int64_t h = 40, w = 52;
+  at::manual_seed(11);
+  at::Tensor img = at::rand({3, 3, h, w});
+  at::Tensor yy = at::arange(h).view({h, 1}).expand({h, w}), xx = at::arange(w).view({1, w}).expand({h, w});
+  at::Tensor removed = at::zeros({3, h, w}, at::kBool);
+  removed[0] = ((yy - 18).pow(2) + (xx - 25).pow(2) < 144) | (at::rand({h, w}) < 0.15);
+  removed[1].slice(0, 32, h).fill_(true);
+  removed[2][0][0] = true;
+  const int threads = at::get_num_threads();
+  at::set_num_threads(1);
+  at::Tensor filled = salient::noisy_linear_imputation(img, removed, 0);
+  std::vector<at::Tensor> alone;
+  for (int64_t r = 2; r >= 0; --r) alone.insert(alone.begin(), salient::noisy_linear_imputation(img.narrow(0, r, 1), removed.narrow(0, r, 1), 0)[0]);
+  at::set_num_threads(threads);
+  for (int64_t r = 0; r < 3; ++r) {
+    EXPECT_TRUE(at::equal(filled[r], alone[r])) << r;
+    for (int64_t c = 0; c < 3; ++c)
+      EXPECT_TRUE(close(filled[r][c], dense_imputation(img[r][c], removed[r]), 1e-4, 0)) << r << " " << c;
+  }
 }
 
 TEST(Road, TheTrueMaskBeatsRandomMapsBothWaysAndBatchedEqualsPerSample) {

@@ -102,7 +102,7 @@ RoadResult road(const Model& model, const at::Tensor& x, const at::Tensor& map, 
                 const RoadOptions& options = {});
 // Rong et al.'s noisy linear imputation of x [N,C,H,W] where removed [N,H,W] is non-zero:
 // each removed pixel becomes the weighted mean of its 8 neighbours (1/6 edge, 1/12
-// corner; a sparse linear system solved per channel by SSOR-preconditioned conjugate
+// corner; a sparse linear system solved per channel by multigrid-preconditioned conjugate
 // gradients to a relative residual of 1e-5), plus N(0, noise^2).
 at::Tensor noisy_linear_imputation(const at::Tensor& x, const at::Tensor& removed, double noise = 0.01,
                                    uint64_t seed = 0);
