@@ -502,6 +502,10 @@ std::vector<Row> bench_model(const std::string& label, const std::string& path, 
       [&] { salient::insertion(model, x, gmap, t, del_bf16); },
       [&] { eager_forwards(raw, x, curve_rows, fwd_batch); }, few));
   rows.push_back(compare(
+      label, "metric road bf16", "18 eager forwards, batches of " + std::to_string(fwd_batch), 0.6,
+      [&] { salient::road(model, x, gmap, t, salient::RoadOptions().precision(bf16)); },
+      [&] { eager_forwards(raw, x, 18, fwd_batch); }, few));
+  rows.push_back(compare(
       label, "metric infidelity-10 bf16", "11 eager forwards, one batch", 0.6,
       [&] { salient::infidelity(model, x, gmap, t, salient::InfidelityOptions().precision(bf16)); },
       [&] { eager_forwards(raw, x, 11, 11); }, few));
