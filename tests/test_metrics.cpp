@@ -318,6 +318,22 @@ TEST(Road, ImputationIsExactThroughEveryLevelAndEachRowIsSolvedAsIfAlone) {
     for (int64_t c = 0; c < 3; ++c)
       EXPECT_TRUE(close(filled[r][c], dense_imputation(img[r][c], removed[r]), 1e-4, 0)) << r << " " << c;
   }
+  // Any magnitude: the solve runs at unit scale, so 1e30 and 1e-30 times the image give the
+  // same fill times that factor.
+  for (double factor : {1e30, 1e-30}) {
+    at::Tensor scaled = salient::noisy_linear_imputation(img.narrow(0, 0, 1) * factor, removed.narrow(0, 0, 1), 0);
+    EXPECT_TRUE(close(scaled[0] / factor, filled[0], 1e-5, 1e-5)) << factor;
+  }
+  // Shapes at the ends of the hierarchy: 5x7 is solved by Cholesky alone, a 1x90 strip
+  // coarsens along its length only.
+  for (auto [sh, sw] : {std::pair<int64_t, int64_t>{5, 7}, {1, 90}}) {
+    at::Tensor small = at::rand({1, 1, sh, sw});
+    at::Tensor holes = at::rand({1, sh, sw}) < 0.6;
+    holes[0][0][sw / 2] = true;
+    holes[0][sh - 1][0] = false;
+    EXPECT_TRUE(close(salient::noisy_linear_imputation(small, holes, 0)[0][0], dense_imputation(small[0][0], holes[0]), 1e-4, 0))
+        << sh << "x" << sw;
+  }
 }
 
 TEST(Road, TheTrueMaskBeatsRandomMapsBothWaysAndBatchedEqualsPerSample) {

@@ -143,12 +143,20 @@ class Imputer {
       for (auto* v : {&vr_[l], &ve_[l], &vt_[l]}) clear(levels_[l], *v);
     for (auto* v : {&b_, &x_, &r_, &p_, &ap_}) clear(f, *v);
     // Right-hand side: the known neighbours' weighted sum, the same stencil over the image
-    // with the unknowns zeroed (known_ is fully written, halo included).
+    // with the unknowns zeroed (known_ is fully written, halo included). Each channel is
+    // solved at unit scale (the system is linear): float sums of squares neither overflow
+    // nor underflow whatever the image's magnitude.
+    float scale[C];
     for (int c = 0; c < C; ++c) {
       float* kn = known_.data() + c * P;
+      const float* im = image + c * plane;
+      float peak = 0;
+      for (int64_t i = 0; i < plane; ++i) peak = std::max(peak, std::abs(im[i]));
+      scale[c] = peak > 0 ? peak : 1.f;
+      const float inv = 1.f / scale[c];
       for (int64_t y = 0; y < h_; ++y)
         for (int64_t x = 0; x < w_; ++x)
-          kn[f.at(y, x)] = removed[y * w_ + x] ? 0.f : image[c * plane + y * w_ + x];
+          kn[f.at(y, x)] = removed[y * w_ + x] ? 0.f : im[y * w_ + x] * inv;
       for (int64_t y = f.y0; y < f.y1; ++y) {
         const int64_t at = f.at(y, 0);
         const float* __restrict up = kn + at - f.S;
@@ -165,7 +173,7 @@ class Imputer {
     for (int c = 0; c < C; ++c)
       for (int64_t y = f.y0; y < f.y1; ++y)
         for (int64_t x = 0; x < w_; ++x)
-          if (removed[y * w_ + x]) out[c * plane + y * w_ + x] = x_[c * P + f.at(y, x)];
+          if (removed[y * w_ + x]) out[c * plane + y * w_ + x] = x_[c * P + f.at(y, x)] * scale[c];
   }
 
  private:
