@@ -524,7 +524,12 @@ TEST(Explain, SharedPassGivesEachMethodsOwnMapInOneForwardAndTwoBackwards) {
   EXPECT_EQ(stats.shared, names);
   for (const auto& name : names) {
     auto alone = salient::explain(model, x, name, Target::predicted());
-    EXPECT_TRUE(at::equal(together.at(name).map, alone.map)) << name;
+    // Alone, the input-gradient-only methods run the BatchNorm-folded copy
+    // (Autograd::Input): the same function, rounded differently.
+    if (name == "vanilla" || name == "input_x_gradient")
+      EXPECT_TRUE(close(together.at(name).map, alone.map, 1e-6 * alone.map.abs().max().item<double>(), 1e-4)) << name;
+    else
+      EXPECT_TRUE(at::equal(together.at(name).map, alone.map)) << name;
     EXPECT_TRUE(at::equal(together.at(name).targets, alone.targets)) << name;
   }
   // Without a guided method: one backward for the input and the layer together.

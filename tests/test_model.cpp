@@ -1,4 +1,6 @@
 #include "helpers.hpp"
+#include <algorithm>
+#include <set>
 
 using namespace testing_salient;
 using salient::Autograd;
@@ -6,6 +8,24 @@ using salient::Model;
 
 namespace {
 
+// Names of the autograd nodes behind a tensor (the backward a grad() call would run).
+std::set<std::string> backward_nodes(const at::Tensor& t) {
+  std::set<std::string> names;
+  std::vector<torch::autograd::Node*> todo{t.grad_fn().get()};
+  std::set<torch::autograd::Node*> seen;
+  while (!todo.empty()) {
+    auto* n = todo.back();
+    todo.pop_back();
+    if (!n || !seen.insert(n).second) continue;
+    names.insert(n->name());
+    for (const auto& e : n->next_edges()) todo.push_back(e.function.get());
+  }
+  return names;
+}
+
+bool any_batch_norm(const std::set<std::string>& names) {
+  return std::any_of(names.begin(), names.end(), [](const std::string& s) { return s.find("BatchNorm") != std::string::npos; });
+}
 
 }  // namespace
 
@@ -35,6 +55,46 @@ TEST(ModelTaps, FullModeGivesInputAndLayerGradientsInOneBackward) {
   auto g = torch::autograd::grad({s}, {x, r.taps[0]});
   EXPECT_TRUE(matches_reference(g[0], "captum_saliency_noabs"));
   EXPECT_TRUE(matches_reference(g[1], "target_layer_gradient"));
+}
+
+TEST(ModelTaps, InputModeRunsTheBatchNormFoldedCopyAndFollowsChangesToTheModule) {
+  auto model = Model::load(data("reference/smallcnn_traced.pt"));
+  const auto& ref = reference();
+  at::Tensor x = ref["input"].clone().requires_grad_(true);
+  auto full = model.forward(x, {}, Autograd::Full);
+  auto r = model.forward(x, {}, Autograd::Input);
+  // Same function, another graph: no BatchNorm left in the backward.
+  EXPECT_TRUE(any_batch_norm(backward_nodes(full.output)));
+  EXPECT_FALSE(any_batch_norm(backward_nodes(r.output)));
+  EXPECT_TRUE(close(r.output, full.output, 1e-5, 1e-5));
+  at::Tensor s = r.output.gather(1, ref["targets"].view({-1, 1})).sum();
+  at::Tensor g = torch::autograd::grad({s}, {x})[0];
+  EXPECT_TRUE(matches_reference(g, "captum_saliency_noabs"));
+  EXPECT_TRUE(at::equal(model.forward(x, {}, Autograd::Input).output, r.output));  // built once, reused
+
+  // A BatchNorm statistic written in place, then a weight replaced by another tensor:
+  // the folded copy (and infer's) is rebuilt from the module as it now is.
+  auto bn = model.module().attr("features").toModule().attr("1").toModule();
+  {
+    at::NoGradGuard no_grad;
+    bn.attr("running_mean").toTensor().add_(0.5);
+  }
+  at::Tensor now = model.predict(x.detach());
+  EXPECT_FALSE(close(now, r.output.detach(), 1e-3, 1e-3));
+  EXPECT_TRUE(close(model.forward(x, {}, Autograd::Input).output, now, 1e-5, 1e-5));
+  EXPECT_TRUE(close(model.infer(x.detach()), now, 1e-5, 1e-5));
+  auto conv = model.module().attr("features").toModule().attr("0").toModule();
+  conv.register_parameter("weight", conv.attr("weight").toTensor().detach() * 2, /*is_buffer=*/false);
+  now = model.predict(x.detach());
+  EXPECT_TRUE(close(model.forward(x, {}, Autograd::Input).output, now, 1e-5, 1e-5));
+  EXPECT_TRUE(close(model.infer(x.detach()), now, 1e-5, 1e-5));
+
+  // A randomized copy explains once per block: it runs its own graph, unfolded.
+  auto rnd = model.randomized({"fc"}, 3);
+  auto rr = rnd.forward(x, {}, Autograd::Input);
+  EXPECT_TRUE(any_batch_norm(backward_nodes(rr.output)));
+  EXPECT_TRUE(at::equal(rr.output, rnd.forward(x, {}, Autograd::Full).output));
+  EXPECT_NE(msg_of([&] { model.forward(x, {"features.10"}, Autograd::Input); }).find("takes no taps"), std::string::npos);
 }
 
 TEST(ModelTaps, FromTapsRecordsNoGraphBeforeTheLayer) {

@@ -32,6 +32,11 @@ enum class Autograd {
   Full,      // graph from whatever requires grad (the input, usually) to the output
   FromTaps,  // tapped outputs become graph leaves: a backward from the output stops there,
              // and nothing before the taps is recorded (Grad-CAM's minimal cost)
+  Input,     // like Full, for a backward to the input only: runs a frozen copy with every
+             // BatchNorm folded into its convolution (torch::jit::freeze, built on first
+             // use), so neither pass spends time on BatchNorm. Numerically close to Full,
+             // not equal. Takes no taps and the standard ReLU gradient; a randomized() copy,
+             // or a model that cannot be frozen, runs Full instead.
 };
 
 // The number format of Model::infer's copy. BFloat16 runs about 1.5-2x as fast on CPUs
@@ -101,8 +106,8 @@ class Model {
   at::Tensor predict(const at::Tensor& x) const { return forward(x).output; }
   // Output of a frozen, inference-optimised copy of the model (torch::jit::freeze +
   // optimize_for_inference: BatchNorm folded into convolutions, oneDNN layouts), built
-  // on first use; for forward-only methods. Numerically close to predict(), not equal.
-  // Precision::BFloat16 runs a second frozen copy with bf16 weights on the input cast to
+  // on first use and again after a parameter or buffer of module() changes; for
+  // forward-only methods. Numerically close to predict(), not equal. Precision::BFloat16 runs a second frozen copy with bf16 weights on the input cast to
   // bf16, and returns float32 outputs.
   at::Tensor infer(const at::Tensor& x, Precision precision = Precision::Float32) const;
 

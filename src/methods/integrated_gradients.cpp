@@ -182,6 +182,9 @@ Attribution integrated_gradients(const Model& model, const at::Tensor& x, const 
     at::Tensor step = r.div(batch, "floor"), example = r.remainder(batch);
     at::Tensor alpha = alphas.index_select(0, step).view({-1, 1, 1, 1});
     at::Tensor leaf = (base.index_select(0, example) + alpha * diff.index_select(0, example)).requires_grad_(true);
+    // The model's own graph, not Autograd::Input's folded copy: the first steps scale the
+    // input near the baseline, where ReLU and max-pool decisions sit within rounding of a
+    // tie, so a copy that rounds differently flips some of them (Captum parity fails).
     auto fr = model.forward(leaf, {}, Autograd::Full);
     at::Tensor s = target.scores(fr.output, a.targets.index_select(0, example), o.score());
     at::Tensor g = torch::autograd::grad({s.sum()}, {leaf})[0];

@@ -127,9 +127,47 @@ struct Model::Impl {
   std::map<std::vector<int64_t>, std::vector<LayerInfo>>& layer_cache;
   std::map<std::vector<int64_t>, int64_t>& bytes_cache;
   std::map<std::vector<int64_t>, std::string>& cam_layer_cache;
-  mutable std::once_flag frozen_once, frozen_bf16_once;
-  mutable std::unique_ptr<torch::jit::Module> frozen, frozen_bf16;
-  mutable std::string frozen_bf16_error;
+  // Frozen copies of the module: for infer() in float32 and bf16, and for Autograd::Input.
+  // Each remembers the parameters and buffers it was made from (the tensors, held, and
+  // their versions) and is rebuilt when one changes: module() hands the module out.
+  struct Frozen {
+    std::unique_ptr<torch::jit::Module> module;  // null when building it failed
+    std::unique_ptr<torch::jit::Code> code;      // Autograd::Input: its forward graph
+    std::string error;
+    std::vector<std::pair<at::Tensor, int64_t>> made_from;
+  };
+  enum FrozenKind { kInferFloat32, kInferBFloat16, kFolded };
+  mutable std::mutex frozen_mu;
+  mutable std::shared_ptr<const Frozen> frozen[3];
+  // A randomized() copy explains once per block: freezing it would cost more than it saves.
+  bool fold = true;
+
+  std::shared_ptr<const Frozen> frozen_copy(FrozenKind kind,
+                                            const std::function<void(Frozen*)>& build) const {
+    std::vector<std::pair<at::Tensor, int64_t>> made_from;
+    for (const auto& p : module.parameters()) made_from.emplace_back(p, p._version());
+    for (const auto& b : module.buffers()) made_from.emplace_back(b, b._version());
+    std::lock_guard<std::mutex> lock(frozen_mu);
+    std::shared_ptr<const Frozen>& f = frozen[kind];
+    auto same = [&] {
+      if (f->made_from.size() != made_from.size()) return false;
+      for (size_t i = 0; i < made_from.size(); ++i)
+        if (!f->made_from[i].first.is_same(made_from[i].first) || f->made_from[i].second != made_from[i].second)
+          return false;
+      return true;
+    };
+    if (f && same()) return f;
+    auto next = std::make_shared<Frozen>();
+    next->made_from = std::move(made_from);
+    try {
+      build(next.get());
+    } catch (const std::exception& e) {
+      next->module.reset();
+      next->error = brief(e);
+    }
+    f = next;
+    return f;
+  }
   // bias_layers(): the layers found once, each with the tensors its bias derives from
   // (conv: bias; BatchNorm: bias, running_mean, weight, running_var) as last seen.
   struct BiasEntry {
@@ -168,9 +206,10 @@ struct Model::Impl {
   }
 
   // Runs a compiled graph and returns its outputs; converts the model's own errors.
-  std::vector<c10::IValue> run(const torch::jit::Code& code, const at::Tensor& x) const {
+  std::vector<c10::IValue> run(const torch::jit::Code& code, const at::Tensor& x,
+                               const torch::jit::Module* self = nullptr) const {
     EvalGuard eval(module);
-    torch::jit::Stack stack{module._ivalue(), x};
+    torch::jit::Stack stack{(self ? *self : module)._ivalue(), x};
     try {
       torch::jit::InterpreterState(code).run(stack);
     } catch (const std::exception& e) {
@@ -311,6 +350,7 @@ Model Model::randomized(const std::vector<std::string>& modules, uint64_t seed) 
   auto impl = std::make_shared<Impl>(impl_->structure);
   impl->name = impl_->name + " (randomized)";
   impl->module = copy;
+  impl->fold = false;
   return Model(impl);
 }
 
@@ -334,13 +374,29 @@ ForwardResult Model::forward(const at::Tensor& x, const std::vector<std::string>
                              ReluGradient relu) const {
   SALIENT_CHECK(x.defined(), "model '", impl_->name, "': input tensor is undefined");
   for (const auto& t : taps) check_layer(t);
-  auto compiled = impl_->compile(taps, autograd, relu);
+  std::shared_ptr<const Impl::Frozen> folded;
+  if (autograd == Autograd::Input) {
+    SALIENT_CHECK(taps.empty() && relu == ReluGradient::Standard, "model '", impl_->name,
+                  "': Autograd::Input takes no taps and the standard ReLU gradient (use Autograd::Full)");
+    if (impl_->fold)
+      folded = impl_->frozen_copy(Impl::kFolded, [this](Impl::Frozen* f) {
+        torch::jit::Module copy = impl_->module.clone();
+        copy.eval();
+        // Only freeze: optimize_for_inference's oneDNN layouts have no autograd.
+        f->module = std::make_unique<torch::jit::Module>(torch::jit::freeze(copy));
+        f->code = std::make_unique<torch::jit::Code>(f->module->get_method("forward").graph(), "salient_folded");
+      });
+    if (!folded || !folded->module) autograd = Autograd::Full;  // cannot be frozen: the model's own graph
+  }
   std::vector<c10::IValue> stack;
-  if (autograd == Autograd::Off) {
-    at::NoGradGuard no_grad;
-    stack = impl_->run(*compiled->code, x);
-  } else {
+  size_t n_relus = 0;
+  if (folded && folded->module) {
     at::AutoGradMode enable(true);
+    stack = impl_->run(*folded->code, x, folded->module.get());
+  } else {
+    auto compiled = impl_->compile(taps, autograd, relu);
+    n_relus = compiled->n_relus;
+    at::AutoGradMode grad_mode(autograd != Autograd::Off);
     stack = impl_->run(*compiled->code, x);
   }
   ForwardResult r;
@@ -358,7 +414,7 @@ ForwardResult Model::forward(const at::Tensor& x, const std::vector<std::string>
     SALIENT_CHECK(v.isTensor(), "layer '", taps[i], "' did not produce a tensor");
     r.taps.push_back(v.toTensor());
   }
-  for (size_t i = 0; i < compiled->n_relus; ++i) r.relus.push_back(stack.at(1 + taps.size() + i).toTensor());
+  for (size_t i = 0; i < n_relus; ++i) r.relus.push_back(stack.at(1 + taps.size() + i).toTensor());
   return r;
 }
 
@@ -374,10 +430,10 @@ at::Tensor Model::infer(const at::Tensor& x, Precision precision) const {
   SALIENT_CHECK(x.defined(), "model '", impl_->name, "': input tensor is undefined");
   const bool bf16 = precision == Precision::BFloat16;
   // A copy in eval mode, so that the caller's module keeps its flags, weights and dtype.
-  auto build = [this](bool to_bf16) {
+  auto f = impl_->frozen_copy(bf16 ? Impl::kInferBFloat16 : Impl::kInferFloat32, [&](Impl::Frozen* fr) {
     torch::jit::Module copy = impl_->module.clone();
     copy.eval();
-    if (to_bf16) {
+    if (bf16) {
       copy.to(at::kBFloat16);
       // oneDNN's bf16 convolutions are fastest on channels-last (NHWC) data: 4-D weights
       // and the input take that layout (0.38-0.42 of an eager float32 forward on the
@@ -386,27 +442,16 @@ at::Tensor Model::infer(const at::Tensor& x, Precision precision) const {
         if (p.dim() == 4) p.set_data(p.contiguous(at::MemoryFormat::ChannelsLast));
     }
     torch::jit::Module frozen = torch::jit::freeze(copy);
-    return std::make_unique<torch::jit::Module>(torch::jit::optimize_for_inference(frozen));
-  };
-  if (bf16) {
-    std::call_once(impl_->frozen_bf16_once, [&] {
-      try {
-        impl_->frozen_bf16 = build(true);
-      } catch (const std::exception& e) {
-        impl_->frozen_bf16_error = brief(e);
-      }
-    });
-    SALIENT_CHECK(impl_->frozen_bf16, "model '", impl_->name,
-                  "' cannot run in bf16 (converting or freezing its copy failed: ", impl_->frozen_bf16_error, ")");
-  } else {
-    std::call_once(impl_->frozen_once, [&] { impl_->frozen = build(false); });
-  }
+    fr->module = std::make_unique<torch::jit::Module>(torch::jit::optimize_for_inference(frozen));
+  });
+  SALIENT_CHECK(f->module, "model '", impl_->name, "' cannot run", bf16 ? " in bf16" : "",
+                " (converting or freezing its copy failed: ", f->error, ")");
   at::NoGradGuard no_grad;
   c10::IValue out;
   try {
-    out = bf16 ? impl_->frozen_bf16->forward({x.to(at::kBFloat16).contiguous(x.dim() == 4 ? at::MemoryFormat::ChannelsLast
-                                                                                        : at::MemoryFormat::Contiguous)})
-               : impl_->frozen->forward({x});
+    out = bf16 ? f->module->forward({x.to(at::kBFloat16).contiguous(x.dim() == 4 ? at::MemoryFormat::ChannelsLast
+                                                                                  : at::MemoryFormat::Contiguous)})
+               : f->module->forward({x});
   } catch (const std::exception& e) {
     SALIENT_FAIL("model '", impl_->name, "' failed", bf16 ? " in bf16" : "", " on input of shape ", shape_str(x.sizes()),
                  ": ", brief(e));
