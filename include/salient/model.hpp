@@ -107,8 +107,9 @@ class Model {
   // Output of a frozen, inference-optimised copy of the model (torch::jit::freeze +
   // optimize_for_inference: BatchNorm folded into convolutions, oneDNN layouts), built
   // on first use and again after a parameter or buffer of module() changes; for
-  // forward-only methods. Numerically close to predict(), not equal. Precision::BFloat16 runs a second frozen copy with bf16 weights on the input cast to
-  // bf16, and returns float32 outputs.
+  // forward-only methods. Numerically close to predict(), not equal. Precision::BFloat16
+  // runs a second frozen copy with bf16 weights on the input cast to bf16, and returns
+  // float32 outputs.
   at::Tensor infer(const at::Tensor& x, Precision precision = Precision::Float32) const;
 
   // One forward without autograd that keeps what run_from_layer needs.

@@ -142,8 +142,11 @@ struct Model::Impl {
   // A randomized() copy explains once per block: freezing it would cost more than it saves.
   bool fold = true;
 
+  // The copy of `kind`, current with the module; `build` freezes `copy` (a clone of the
+  // module in eval mode, so that the caller's module keeps its flags, weights and dtype)
+  // into `f`.
   std::shared_ptr<const Frozen> frozen_copy(FrozenKind kind,
-                                            const std::function<void(Frozen*)>& build) const {
+                                            const std::function<void(torch::jit::Module& copy, Frozen* f)>& build) const {
     std::vector<std::pair<at::Tensor, int64_t>> made_from;
     for (const auto& p : module.parameters()) made_from.emplace_back(p, p._version());
     for (const auto& b : module.buffers()) made_from.emplace_back(b, b._version());
@@ -160,7 +163,9 @@ struct Model::Impl {
     auto next = std::make_shared<Frozen>();
     next->made_from = std::move(made_from);
     try {
-      build(next.get());
+      torch::jit::Module copy = module.clone();
+      copy.eval();
+      build(copy, next.get());
     } catch (const std::exception& e) {
       next->module.reset();
       next->error = brief(e);
@@ -379,18 +384,17 @@ ForwardResult Model::forward(const at::Tensor& x, const std::vector<std::string>
     SALIENT_CHECK(taps.empty() && relu == ReluGradient::Standard, "model '", impl_->name,
                   "': Autograd::Input takes no taps and the standard ReLU gradient (use Autograd::Full)");
     if (impl_->fold)
-      folded = impl_->frozen_copy(Impl::kFolded, [this](Impl::Frozen* f) {
-        torch::jit::Module copy = impl_->module.clone();
-        copy.eval();
+      folded = impl_->frozen_copy(Impl::kFolded, [](torch::jit::Module& copy, Impl::Frozen* f) {
         // Only freeze: optimize_for_inference's oneDNN layouts have no autograd.
         f->module = std::make_unique<torch::jit::Module>(torch::jit::freeze(copy));
         f->code = std::make_unique<torch::jit::Code>(f->module->get_method("forward").graph(), "salient_folded");
       });
-    if (!folded || !folded->module) autograd = Autograd::Full;  // cannot be frozen: the model's own graph
+    if (folded && !folded->module) folded.reset();  // cannot be frozen
+    if (!folded) autograd = Autograd::Full;         // the model's own graph
   }
   std::vector<c10::IValue> stack;
   size_t n_relus = 0;
-  if (folded && folded->module) {
+  if (folded) {
     at::AutoGradMode enable(true);
     stack = impl_->run(*folded->code, x, folded->module.get());
   } else {
@@ -429,10 +433,8 @@ Precision parse_precision(const std::string& name) {
 at::Tensor Model::infer(const at::Tensor& x, Precision precision) const {
   SALIENT_CHECK(x.defined(), "model '", impl_->name, "': input tensor is undefined");
   const bool bf16 = precision == Precision::BFloat16;
-  // A copy in eval mode, so that the caller's module keeps its flags, weights and dtype.
-  auto f = impl_->frozen_copy(bf16 ? Impl::kInferBFloat16 : Impl::kInferFloat32, [&](Impl::Frozen* fr) {
-    torch::jit::Module copy = impl_->module.clone();
-    copy.eval();
+  auto f = impl_->frozen_copy(bf16 ? Impl::kInferBFloat16 : Impl::kInferFloat32, [&](torch::jit::Module& copy,
+                                                                                    Impl::Frozen* fr) {
     if (bf16) {
       copy.to(at::kBFloat16);
       // oneDNN's bf16 convolutions are fastest on channels-last (NHWC) data: 4-D weights
