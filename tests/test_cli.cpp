@@ -344,7 +344,7 @@ TEST(Cli, EvaluateWritesSummaryTablesPerImageLinesAndPlots) {
   EXPECT_NEAR(rows[2]["methods"]["gradcam"]["deletion"].get<double>(), del.auc[0].item<double>(), 1e-6);
   for (const char* file : {"summary.md", "summary.csv", "deletion.png", "insertion.png", "sanity.png", "sanity.json"})
     EXPECT_TRUE(fs::exists(out + "/" + file)) << file;
-  EXPECT_EQ(salient::io::read_image(out + "/deletion.png").cols, 720);
+  EXPECT_GE(salient::io::read_image(out + "/deletion.png").cols, 720);  // wider when legend names need it
 }
 
 TEST(Cli, EvaluateRejectsBadManifestsWithOneLine) {

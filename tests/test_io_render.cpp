@@ -236,3 +236,102 @@ TEST(Images, JpegInRgbGrayAndCmykDecodesToRgb) {
   cv::Mat gray = io::read_image(data("images/gray.jpg"));
   EXPECT_TRUE(near(gray.at<cv::Vec3b>(5, 5), cv::Vec3b(90, 90, 90))) << gray.at<cv::Vec3b>(5, 5);
 }
+
+namespace {
+
+// Runs of pixels within 70 (RGB distance) of `colour` along image row y, as [begin, end).
+std::vector<std::pair<int, int>> colour_runs(const cv::Mat& img, int y, cv::Vec3b colour) {
+  std::vector<std::pair<int, int>> runs;
+  for (int x = 0; x < img.cols; ++x) {
+    const cv::Vec3b p = img.at<cv::Vec3b>(y, x);
+    double distance = 0;
+    for (int c = 0; c < 3; ++c) distance += std::pow(double(p[c]) - colour[c], 2);
+    if (distance >= 70 * 70) continue;
+    if (!runs.empty() && runs.back().second == x)
+      ++runs.back().second;
+    else
+      runs.push_back({x, x + 1});
+  }
+  return runs;
+}
+
+}  // namespace
+
+TEST(Render, PlotDrawsEverySegmentAndTellsRepeatedColoursApartByLineStyle) {
+  // Series 0, 10, 20, 30 share the first colour; each is a horizontal line of 11 points at
+  // its own height. The others are empty (legend only).
+  std::vector<render::Series> series(31);
+  for (size_t k = 0; k < series.size(); ++k) series[k].name = "series " + std::to_string(k);
+  series[30].name = "a long name that the default legend margin would cut off";
+  const double level[] = {0, 1, 2, 3};
+  for (int s = 0; s < 4; ++s)
+    for (int i = 0; i <= 10; ++i) series[10 * s].x.push_back(i / 10.0), series[10 * s].y.push_back(level[s]);
+  cv::Mat img = render::plot(series, "styles", "x", "y");
+  EXPECT_GE(img.rows, 36 + 8 + 16 * 31);  // taller than 440: every legend row fits
+  EXPECT_GT(img.cols, 720);               // wider: the long name fits
+  const cv::Vec3b blue(31, 119, 180);
+
+  // The four lines: clusters of rows where the colour covers more than 100 pixels.
+  std::vector<int> rows;
+  int last = -10;
+  for (int y = 0; y < img.rows; ++y) {
+    int covered = 0;
+    for (auto [b, e] : colour_runs(img, y, blue)) covered += e - b;
+    if (covered <= 100) continue;
+    if (y - last > 1) rows.push_back(y);
+    last = y;
+  }
+  ASSERT_EQ(rows.size(), 4u);
+  // Screen rows run downwards: the last row is series 0 (level 0), the first series 30.
+  std::vector<std::vector<std::pair<int, int>>> line(4);
+  for (int s = 0; s < 4; ++s) {
+    // Centre row of the line: the one with the most coverage among its neighbours.
+    int best = rows[3 - s], best_cover = -1;
+    for (int y = rows[3 - s]; y < rows[3 - s] + 3; ++y) {
+      int covered = 0;
+      for (auto [b, e] : colour_runs(img, y, blue)) covered += e - b;
+      if (covered > best_cover) best = y, best_cover = covered;
+    }
+    // The plotted part: runs up to the first gap wider than any dash pattern's gap.
+    for (auto r : colour_runs(img, best, blue)) {
+      if (!line[s].empty() && r.first - line[s].back().second > 12) break;
+      line[s].push_back(r);
+    }
+    ASSERT_FALSE(line[s].empty());
+  }
+  const int begin = line[0].front().first, end = line[0].back().second;
+  ASSERT_EQ(line[0].size(), 1u);  // solid
+  EXPECT_GT(end - begin, 400);
+  for (int s = 1; s < 4; ++s) {
+    SCOPED_TRACE("style " + std::to_string(s));
+    // Every segment drawn: the line spans the solid one's length, with only short gaps.
+    EXPECT_LE(std::abs(line[s].front().first - begin), 2);
+    EXPECT_LE(std::abs(line[s].back().second - end), 8);
+    EXPECT_GT(line[s].size(), 20u);
+  }
+  auto lengths = [&](int s) {  // run lengths, ends excluded
+    std::vector<int> l;
+    for (size_t i = 1; i + 1 < line[s].size(); ++i) l.push_back(line[s][i].second - line[s][i].first);
+    return std::make_pair(*std::min_element(l.begin(), l.end()), *std::max_element(l.begin(), l.end()));
+  };
+  auto [dash_min, dash_max] = lengths(1);
+  auto [dot_min, dot_max] = lengths(2);
+  auto [dd_min, dd_max] = lengths(3);
+  EXPECT_GE(dash_min, 8);  // dashes only
+  EXPECT_LE(dash_max, 14);
+  EXPECT_LE(dot_max, 5);   // dots only
+  EXPECT_GE(dd_max, 9);    // dash and dot alternate
+  EXPECT_LE(dd_min, 5);
+
+  // The legend shows the style too: its sample for a dashed series has gaps, a solid one none.
+  auto legend_runs = [&](size_t k) {
+    const int ly = 36 + 8 + 16 * static_cast<int>(k);
+    size_t n = 0;
+    for (auto [b, e] : colour_runs(img, ly, blue))
+      if (b > end + 4) ++n;
+    return n;
+  };
+  EXPECT_EQ(legend_runs(0), 1u);
+  EXPECT_GE(legend_runs(10), 2u);
+  EXPECT_GE(legend_runs(20), 3u);
+}

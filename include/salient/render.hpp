@@ -48,7 +48,10 @@ cv::Mat panel(const std::vector<Cell>& cells, const std::string& caption, int ce
 // values are all <= 0 come out as zeros.
 at::Tensor pytorch_grad_cam_scale(const at::Tensor& raw, int64_t height, int64_t width);
 
-// A line plot (8-bit RGB): one coloured line per series, axes with ticks, a legend.
+// A line plot (8-bit RGB): one line per series, axes with ticks, a legend. Series k has
+// colour k % 10 and line style k / 10 (solid, dashed, dotted, dash-dot). The image is
+// width x height unless the legend needs more room: long names widen it, many series
+// make it taller.
 struct Series {
   std::string name;
   std::vector<double> x, y;

@@ -180,6 +180,47 @@ cv::Mat stack_rows(const std::vector<cv::Mat>& rows) {
   return out;
 }
 
+namespace {
+
+// Dash patterns in pixels (on, off, ...), empty for solid: series k gets colour k % 10 and
+// style k / 10, so up to 40 series stay distinguishable.
+const std::vector<double>& line_style(size_t k) {
+  static const std::vector<double> styles[] = {{}, {9, 5}, {1, 6}, {10, 4, 1, 4}};
+  return styles[(k / 10) % 4];
+}
+
+// Draws a polyline with the dash pattern carried along its length, so every segment
+// shows (short segments included) and the dashes stay regular across vertices.
+void styled_polyline(cv::Mat& out, const std::vector<cv::Point2d>& pts, const std::vector<double>& pattern,
+                     const cv::Scalar& colour) {
+  constexpr int kShift = 4;  // sub-pixel precision of cv::line
+  auto fixed = [](cv::Point2d p) {
+    return cv::Point(static_cast<int>(std::lround(p.x * (1 << kShift))),
+                     static_cast<int>(std::lround(p.y * (1 << kShift))));
+  };
+  size_t element = 0;
+  double left = pattern.empty() ? 0 : pattern[0];  // length left in the current element
+  for (size_t i = 1; i < pts.size(); ++i) {
+    const cv::Point2d a = pts[i - 1], b = pts[i];
+    if (pattern.empty()) {
+      cv::line(out, fixed(a), fixed(b), colour, 2, cv::LINE_AA, kShift);
+      continue;
+    }
+    const double length = std::hypot(b.x - a.x, b.y - a.y);
+    double t = 0;
+    while (t < length) {
+      const double step = std::min(left, length - t);
+      if (element % 2 == 0 && step > 0)
+        cv::line(out, fixed(a + (b - a) * (t / length)), fixed(a + (b - a) * ((t + step) / length)), colour, 2,
+                 cv::LINE_AA, kShift);
+      t += step, left -= step;
+      if (left <= 1e-9) element = (element + 1) % pattern.size(), left = pattern[element];
+    }
+  }
+}
+
+}  // namespace
+
 cv::Mat plot(const std::vector<Series>& series, const std::string& title, const std::string& x_label,
              const std::string& y_label, int width, int height) {
   SALIENT_CHECK(!series.empty(), "render: nothing to plot");
@@ -198,11 +239,24 @@ cv::Mat plot(const std::vector<Series>& series, const std::string& title, const 
   if (y1 - y0 < 1e-12) y1 = y0 + 1;
   const double ypad = 0.05 * (y1 - y0);
   y0 -= ypad, y1 += ypad;
-  const int left = 64, right = 190, top = 36, bottom = 48;
+  const int left = 64, top = 36, bottom = 48, legend_row = 16;
+  const double legend_scale = 0.38;
+  // The legend sets the right margin and, with many series, the height: names are never cut.
+  int label_width = 0;
+  for (const auto& s : series) {
+    int baseline = 0;
+    label_width = std::max(label_width,
+                           cv::getTextSize(s.name, cv::FONT_HERSHEY_SIMPLEX, legend_scale, 1, &baseline).width);
+  }
+  const int right = std::max(190, 46 + label_width + 8);
+  width = width - 190 + right;
+  height = std::max(height, top + 8 + legend_row * static_cast<int>(series.size()) + 8);
   const int pw = width - left - right, ph = height - top - bottom;
   cv::Mat out(height, width, CV_8UC3, cv::Scalar(255, 255, 255));
-  auto px = [&](double x) { return left + static_cast<int>(std::lround((x - x0) / (x1 - x0) * pw)); };
-  auto py = [&](double y) { return top + ph - static_cast<int>(std::lround((y - y0) / (y1 - y0) * ph)); };
+  auto fx = [&](double x) { return left + (x - x0) / (x1 - x0) * pw; };
+  auto fy = [&](double y) { return top + ph - (y - y0) / (y1 - y0) * ph; };
+  auto px = [&](double x) { return static_cast<int>(std::lround(fx(x))); };
+  auto py = [&](double y) { return static_cast<int>(std::lround(fy(y))); };
   const cv::Scalar axis(60, 60, 60), grid(225, 225, 225);
   for (int t = 0; t <= 4; ++t) {
     const double xv = x0 + (x1 - x0) * t / 4, yv = y0 + (y1 - y0) * t / 4;
@@ -216,24 +270,30 @@ cv::Mat plot(const std::vector<Series>& series, const std::string& title, const 
   }
   cv::rectangle(out, {left, top}, {left + pw, top + ph}, axis, 1);
   put_text(out, title, left, 22, 0.55);
-  put_text(out, x_label, left + pw / 2 - 4 * static_cast<int>(x_label.size()), height - 10, 0.45);
+  put_text(out, x_label, left + pw / 2 - 4 * static_cast<int>(x_label.size()), top + ph + bottom - 10, 0.45);
   put_text(out, y_label, 6, top - 8, 0.4);
-  // Distinct colours (RGB), cycled with a dash pattern after the first ten.
   static const cv::Scalar colours[] = {{31, 119, 180}, {255, 127, 14}, {44, 160, 44}, {214, 39, 40},
                                        {148, 103, 189}, {140, 86, 75},  {227, 119, 194}, {127, 127, 127},
                                        {188, 189, 34},  {23, 190, 207}};
   for (size_t k = 0; k < series.size(); ++k) {
     const cv::Scalar c = colours[k % 10];
-    const bool dashed = (k / 10) % 2 == 1;
+    const auto& style = line_style(k);
     const auto& s = series[k];
-    for (size_t i = 1; i < s.x.size(); ++i) {
-      if (dashed && i % 2 == 0) continue;
-      if (!std::isfinite(s.y[i - 1]) || !std::isfinite(s.y[i])) continue;
-      cv::line(out, {px(s.x[i - 1]), py(s.y[i - 1])}, {px(s.x[i]), py(s.y[i])}, c, 2, cv::LINE_AA);
+    std::vector<cv::Point2d> run;  // finite points in a row; a non-finite one breaks the line
+    auto flush = [&] {
+      styled_polyline(out, run, style, c);
+      run.clear();
+    };
+    for (size_t i = 0; i < s.x.size(); ++i) {
+      if (std::isfinite(s.x[i]) && std::isfinite(s.y[i]))
+        run.emplace_back(fx(s.x[i]), fy(s.y[i]));
+      else
+        flush();
     }
-    const int ly = top + 8 + 16 * static_cast<int>(k);
-    cv::line(out, {left + pw + 10, ly}, {left + pw + 30, ly}, c, 2, cv::LINE_AA);
-    put_text(out, s.name, left + pw + 36, ly + 4, 0.38);
+    flush();
+    const int ly = top + 8 + legend_row * static_cast<int>(k);
+    styled_polyline(out, {{left + pw + 10.0, double(ly)}, {left + pw + 38.0, double(ly)}}, style, c);
+    put_text(out, s.name, left + pw + 46, ly + 4, legend_scale);
   }
   return out;
 }
