@@ -364,4 +364,31 @@ TEST(Cli, EvaluateRejectsBadManifestsWithOneLine) {
   expect_bad_input(run + manifest("e.jsonl", "{\"input\": \"x.npy\", \"index\": 3}\n"), dir + "/o5", "index 3 out of range");
   expect_bad_input(run + manifest("f.jsonl", "{\"input\": \"x.npy\"}\n") + " --metrics faithfulness", dir + "/o6",
                    "unknown metric 'faithfulness'");
+  // Errors found once the image or the model's output is known still name the line.
+  salient::io::write_png(dir + "/empty_mask.png", cv::Mat(64, 64, CV_8UC3, cv::Scalar(0, 0, 0)));
+  expect_bad_input(run + manifest("g.jsonl", "{\"input\": \"x.npy\"}\n{\"input\": \"x.npy\", \"mask\": \"empty_mask.png\"}\n"),
+                   dir + "/o7", "g.jsonl:2: mask '" + dir + "/empty_mask.png' has no object pixel");
+  expect_bad_input(run + manifest("h.jsonl", "{\"input\": \"x.npy\", \"box\": [0, 0, 5, 5], \"mask\": \"m.png\"}\n"),
+                   dir + "/o8", "h.jsonl:1: give \"box\" or \"mask\", not both");
+  expect_bad_input(run + manifest("i.jsonl", "{\"input\": \"x.npy\"}\n{\"input\": \"x.npy\", \"target\": 1000}\n") +
+                       " --metrics deletion",
+                   dir + "/o9", "i.jsonl:2: target 1000 out of range");
+}
+
+TEST(Cli, EvaluateWarnsOnceAboutEachManifestFieldItDoesNotUse) {
+  std::string dir = temp_dir("cli_evaluate_unknown_field");
+  salient::io::write_npy(dir + "/x.npy", reference()["input"].narrow(0, 0, 1));
+  std::ofstream(dir + "/m.jsonl") << "{\"input\": \"x.npy\", \"boxx\": [0, 0, 5, 5]}\n"
+                                  << "{\"input\": \"x.npy\", \"boxx\": [0, 0, 5, 5], \"note\": \"mine\"}\n";
+  CliRun r = salient_cli("evaluate --model " + ref_model() + " --methods gradcam --metrics deletion --data " + dir +
+                         "/m.jsonl --out " + dir + "/out");
+  ASSERT_EQ(r.code, 0) << r.out;
+  size_t boxx = 0, note = 0;
+  for (const auto& line : r.lines()) {
+    boxx += line.find("salient: warning: " + dir + "/m.jsonl:1: field \"boxx\" is not used") == 0;
+    note += line.find("salient: warning: " + dir + "/m.jsonl:2: field \"note\" is not used") == 0;
+  }
+  EXPECT_EQ(boxx, 1u) << r.out;
+  EXPECT_EQ(note, 1u) << r.out;
+  EXPECT_TRUE(fs::exists(dir + "/out/summary.json"));
 }

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
+#include <set>
 #include <sstream>
 #include <unistd.h>
 
@@ -276,9 +278,18 @@ std::vector<ManifestEntry> read_manifest(const std::string& path) {
     return std::filesystem::path(p).is_absolute() ? p : (base / p).string();
   };
   std::vector<ManifestEntry> out;
+  static const std::set<std::string> known = {"image", "input", "index", "target", "box", "mask"};
+  std::set<std::string> warned;
   for_each_json_line<nlohmann::json>(path, [&](const nlohmann::json& j, const std::string& where) {
     ManifestEntry e;
     e.where = where;
+    // Other fields may be the user's own notes; a misspelt "box" or "target" would
+    // otherwise go unnoticed, so each unknown name is said once.
+    if (j.is_object())
+      for (const auto& item : j.items())
+        if (!known.count(item.key()) && warned.insert(item.key()).second)
+          std::cerr << "salient: warning: " << where << ": field \"" << item.key()
+                    << "\" is not used (known: image, input, index, target, box, mask)\n";
     if (j.contains("image")) {
       SALIENT_CHECK(j["image"].is_string(), where, ": \"image\" must be a file name");
       e.key = j["image"].get<std::string>();
@@ -307,6 +318,7 @@ std::vector<ManifestEntry> read_manifest(const std::string& path) {
       e.has_box = true;
     }
     if (j.contains("mask")) {
+      SALIENT_CHECK(!e.has_box, where, ": give \"box\" or \"mask\", not both");
       SALIENT_CHECK(j["mask"].is_string(), where, ": \"mask\" must be a file name");
       e.mask = resolve(j["mask"].get<std::string>());
     }

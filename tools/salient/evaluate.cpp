@@ -43,6 +43,7 @@ const std::vector<std::string> kMetrics = {"deletion",    "insertion",   "road",
 // One manifest entry, loaded.
 struct Entry {
   std::string name;   // for per_image.jsonl
+  std::string where;  // "manifest:line", for errors found later
   at::Tensor x;       // [1,C,H,W]
   int64_t target = -1;
   bool has_box = false, has_mask = false;
@@ -58,6 +59,7 @@ std::vector<Entry> load_manifest(const std::string& path, const io::Preprocess& 
     const std::string& where = m.where;
     Entry e;
     e.name = m.key;
+    e.where = where;
     e.target = m.target;
     if (m.index < 0) {
       e.x = io::prepare(io::read_image(m.source), pre, channels).tensor;
@@ -87,6 +89,7 @@ std::vector<Entry> load_manifest(const std::string& path, const io::Preprocess& 
       cv::Mat gray;
       cv::extractChannel(mk, gray, 0);
       e.mask = at::from_blob(gray.data, {h, w}, at::kByte).clone();
+      SALIENT_CHECK(e.mask.ne(0).any().item<bool>(), where, ": mask '", m.mask, "' has no object pixel (all zero)");
       e.has_mask = true;
     }
     out.push_back(std::move(e));
@@ -137,8 +140,14 @@ int run_evaluate(const EvaluateArgs& a) {
     methods = suitable_methods(model, entries[0].x.sizes().slice(1).vec(), settings.layer);
   if (metrics.count("pointing") || metrics.count("energy"))
     for (const auto& e : entries)
-      SALIENT_CHECK(e.has_box || e.has_mask, "pointing/energy need a \"box\" or \"mask\" for every image; '", e.name,
-                    "' has neither");
+      SALIENT_CHECK(e.has_box || e.has_mask, e.where, ": pointing/energy need a \"box\" or \"mask\" for every image; '",
+                    e.name, "' has neither");
+  // Every target against the model's classes before any work: a bad line fails the run
+  // at once, named, not after the images before it.
+  if (const at::Tensor probe = model.predict(entries[0].x); probe.dim() == 2)
+    for (const auto& e : entries)
+      SALIENT_CHECK(e.target < probe.size(1), e.where, ": target ", e.target, " out of range: the model has ",
+                    probe.size(1), " classes (0..", probe.size(1) - 1, ")");
 
   std::map<std::string, std::map<std::string, Stat>> stats;  // method -> metric -> values
   std::map<std::string, std::vector<at::Tensor>> del_curves, ins_curves, morf_curves, lerf_curves;
