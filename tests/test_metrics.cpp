@@ -199,6 +199,13 @@ TEST(Infidelity, ExactForALinearModelsGradientAndScaleFreeWhenNormalised) {
                         salient::infidelity(model, x, g, Target::per_sample(predicted))));
   EXPECT_NE(msg_of([&] { salient::infidelity(model, x, g.narrow(0, 0, 1), t); }).find("does not fit the input"),
             std::string::npos);
+  // A non-finite map is an error, not a NaN score.
+  for (double bad : {std::nan(""), double(INFINITY)}) {
+    at::Tensor gb = g.clone();
+    gb.view(-1)[3] = bad;
+    EXPECT_NE(msg_of([&] { salient::infidelity(model, x, gb, t); }).find("infidelity: non-finite values (NaN or Inf) in the map"),
+              std::string::npos);
+  }
 }
 
 TEST(MaxSensitivity, ZeroForAConstantGradientBoundedForInputTimesGradient) {
@@ -225,6 +232,15 @@ TEST(MaxSensitivity, ZeroForAConstantGradientBoundedForInputTimesGradient) {
   EXPECT_NE(msg_of([&] {
               salient::max_sensitivity(cnn, xs, vanilla, t, salient::SensitivityOptions().perturbations_per_batch(0));
             }).find("perturbations_per_batch must be >= 1"),
+            std::string::npos);
+  // A method whose map turns NaN on the perturbed inputs is named, not scored NaN.
+  auto nan_on_perturbed = [&](const Model& m, const at::Tensor& xx, const Target& tt) {
+    auto a = salient::vanilla_gradient(m, xx, tt);
+    if (!at::equal(xx, xs)) a.map.view(-1)[0] = std::nan("");
+    return a;
+  };
+  EXPECT_NE(msg_of([&] { salient::max_sensitivity(cnn, xs, nan_on_perturbed, t); })
+                .find("max_sensitivity: non-finite values (NaN or Inf) in the explanation of a perturbed input"),
             std::string::npos);
 }
 

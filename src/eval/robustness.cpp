@@ -21,6 +21,8 @@ at::Tensor infidelity(const Model& model, const at::Tensor& x, const at::Tensor&
                     map.size(2) == xf.size(2) && map.size(3) == xf.size(3),
                 "infidelity: map ", map.defined() ? detail::shape_str(map.sizes()) : std::string("undefined"),
                 " does not fit the input ", detail::shape_str(xf.sizes()));
+  // A NaN anywhere in the map would make every score NaN without a word.
+  detail::check_finite(map, "infidelity", "the map");
   at::Tensor attr = map.detach().to(at::kDouble).expand_as(xf);
   at::NoGradGuard no_grad;
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(o.seed());
@@ -56,6 +58,7 @@ at::Tensor max_sensitivity(const Model& model, const at::Tensor& x, const Explai
   const int64_t n = xf.size(0);
   Target t = detail::fixed_target(model, xf, target);
   at::Tensor e0 = explain(model, xf, t).map.detach().to(at::kDouble).reshape({n, -1});
+  detail::check_finite(e0, "max_sensitivity", "the explanation of the input");
   at::Tensor norm0 = e0.norm(2, {1});
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(o.seed());
   at::Tensor best = at::zeros({n}, at::kDouble);
@@ -67,6 +70,7 @@ at::Tensor max_sensitivity(const Model& model, const at::Tensor& x, const Explai
     for (int64_t j = j0; j < j1; ++j) rows.push_back(xf + (at::rand(xf.sizes(), gen, xf.options()) * 2 - 1) * o.radius());
     const Target tj = t.select(at::arange(n, at::kLong).repeat({j1 - j0}), n);
     at::Tensor e = explain(model, at::cat(rows), tj).map.detach().to(at::kDouble).reshape({j1 - j0, n, -1});
+    detail::check_finite(e, "max_sensitivity", "the explanation of a perturbed input");
     best = at::maximum(best, std::get<0>((e - e0.unsqueeze(0)).norm(2, {2}).max(0)));
   }
   return at::where(norm0 > 0, best / norm0, at::zeros_like(best));
