@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
+#include <algorithm>
 #include <iostream>
 #include <set>
 #include <sstream>
@@ -113,9 +114,16 @@ int run_evaluate(const EvaluateArgs& a) {
   auto t_start = std::chrono::steady_clock::now();
   std::vector<std::string> methods = parse_methods(a.methods);
   std::set<std::string> metrics;
+  bool all_metrics = false;
   for (const auto& m : split(a.metrics, ',')) {
+    if (m == "all") {
+      all_metrics = true;
+      metrics.insert(kMetrics.begin(), kMetrics.end());
+      continue;
+    }
     SALIENT_CHECK(std::find(kMetrics.begin(), kMetrics.end(), m) != kMetrics.end(), "--metrics: unknown metric '", m,
-                  "'; use deletion, insertion, road, pointing, energy, infidelity, sensitivity, completeness, sanity");
+                  "'; use deletion, insertion, road, pointing, energy, infidelity, sensitivity, completeness, sanity "
+                  "(or all)");
     metrics.insert(m);
   }
   SALIENT_CHECK(!metrics.empty(), "--metrics: no metric given");
@@ -138,6 +146,18 @@ int run_evaluate(const EvaluateArgs& a) {
   std::vector<Entry> entries = load_manifest(a.data, pre, static_cast<int>(channels));
   if (methods == std::vector<std::string>{"all"})
     methods = suitable_methods(model, entries[0].x.sizes().slice(1).vec(), settings.layer);
+  // "all" means every metric the manifest allows: localisation needs a box or mask on
+  // every line (asked for by name, a missing one is an error below).
+  if (all_metrics) {
+    const auto named = split(a.metrics, ',');
+    const bool by_name = std::find(named.begin(), named.end(), "pointing") != named.end() ||
+                         std::find(named.begin(), named.end(), "energy") != named.end();
+    auto bare = std::find_if(entries.begin(), entries.end(), [](const Entry& e) { return !e.has_box && !e.has_mask; });
+    if (!by_name && bare != entries.end()) {
+      metrics.erase("pointing"), metrics.erase("energy");
+      std::cerr << "evaluate: --metrics all: pointing and energy skipped (" << bare->where << " has no \"box\" or \"mask\")\n";
+    }
+  }
   if (metrics.count("pointing") || metrics.count("energy"))
     for (const auto& e : entries)
       SALIENT_CHECK(e.has_box || e.has_mask, e.where, ": pointing/energy need a \"box\" or \"mask\" for every image; '",
@@ -355,7 +375,8 @@ Runner add_evaluate(CLI::App& app) {
       ->required();
   app.add_option("--methods,--method", a->methods, "Comma-separated methods, or all")->capture_default_str();
   app.add_option("--metrics", a->metrics,
-                 "deletion, insertion, road, pointing, energy, infidelity, sensitivity, completeness, sanity")
+                 "deletion, insertion, road, pointing, energy, infidelity, sensitivity, completeness, sanity, or all "
+                 "(pointing and energy only when every line has a box or mask)")
       ->capture_default_str();
   app.add_option("--out,-o", a->out, "Output directory")->required();
   add_preprocess_flags(app, &a->preprocess);
