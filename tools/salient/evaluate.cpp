@@ -4,12 +4,12 @@
 #include <nlohmann/json.hpp>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
-#include <algorithm>
 #include <iostream>
 #include <set>
 #include <sstream>
