@@ -173,7 +173,7 @@ def main():
         w(f"| {m} | {s['sanity_spearman_abs']['mean']:.3f} | {s['sanity_spearman']['mean']:.3f} | "
           f"{s['sanity_ssim']['mean']:.3f} |")
     w("")
-    w("![sanity curves](images/results_sanity.png)")
+    w("![sanity curves: Spearman |map|, signed Spearman and SSIM per step](images/results_sanity.png)")
     w("")
     gb = san.get("guided_backprop", {}).get("sanity_spearman_abs", {}).get("mean")
     gc = san.get("gradcam", {}).get("sanity_spearman_abs", {}).get("mean")

@@ -346,6 +346,7 @@ TEST(Cli, EvaluateWritesSummaryTablesPerImageLinesAndPlots) {
   for (const char* file : {"summary.md", "summary.csv", "deletion.png", "insertion.png", "sanity.png", "sanity.json"})
     EXPECT_TRUE(fs::exists(out + "/" + file)) << file;
   EXPECT_GE(salient::io::read_image(out + "/deletion.png").cols, 720);  // wider when legend names need it
+  EXPECT_EQ(salient::io::read_image(out + "/sanity.png").rows, 3 * 360);  // Spearman |map|, signed, SSIM
 }
 
 TEST(Cli, EvaluateRejectsBadManifestsWithOneLine) {

@@ -342,17 +342,24 @@ int run_evaluate(const EvaluateArgs& a) {
                "ROAD, least relevant removed first (legend: mean; higher is better)", "fraction of pixels imputed");
   }
   if (metrics.count("sanity")) {
-    std::vector<render::Series> series;
-    for (const auto& m : methods) {
-      std::vector<double> xs, ys;
-      for (size_t s = 0; s < sanity_curves[m].size(); ++s) xs.push_back(static_cast<double>(s + 1)), ys.push_back(sanity_curves[m][s][0]);
-      series.push_back({m, xs, ys});
-    }
     std::string order = blocks.empty() ? "" : blocks.front();
     if (blocks.size() > 1) order += blocks.size() > 2 ? ", ..., " + blocks.back() : ", " + blocks.back();
-    io::write_png(path_in_out("sanity.png"),
-                  render::plot(series, "Spearman |map| vs original map", std::to_string(blocks.size()) +
-                                           " blocks randomised in turn: " + order, ""));
+    const std::string x_label = std::to_string(blocks.size()) + " blocks randomised in turn: " + order;
+    // The three similarity measures of Adebayo et al., one plot each, stacked.
+    const char* titles[] = {"Spearman |map| vs original map", "Spearman (signed) vs original map",
+                            "SSIM vs original map"};
+    std::vector<cv::Mat> plots;
+    for (int column = 0; column < 3; ++column) {
+      std::vector<render::Series> series;
+      for (const auto& m : methods) {
+        std::vector<double> xs, ys;
+        for (size_t s = 0; s < sanity_curves[m].size(); ++s)
+          xs.push_back(static_cast<double>(s + 1)), ys.push_back(sanity_curves[m][s][column]);
+        series.push_back({m, xs, ys});
+      }
+      plots.push_back(render::plot(series, titles[column], x_label, "", 720, 360));
+    }
+    io::write_png(path_in_out("sanity.png"), render::stack_rows(plots));
     json sj = json::object();
     for (const auto& m : methods) sj[m] = sanity_curves[m];
     io::write_file_atomic(path_in_out("sanity.json"),
