@@ -225,12 +225,14 @@ cv::Mat plot(const std::vector<Series>& series, const std::string& title, const 
              const std::string& y_label, int width, int height) {
   SALIENT_CHECK(!series.empty(), "render: nothing to plot");
   double x0 = 1e300, x1 = -1e300, y0 = 1e300, y1 = -1e300;
+  bool integer_x = true;  // e.g. step numbers: ticks then fall on whole steps
   for (const auto& s : series) {
     SALIENT_CHECK(s.x.size() == s.y.size(), "render: series '", s.name, "' has ", s.x.size(), " x and ", s.y.size(),
                   " y values");
     for (size_t i = 0; i < s.x.size(); ++i) {
       if (!std::isfinite(s.x[i]) || !std::isfinite(s.y[i])) continue;
       x0 = std::min(x0, s.x[i]), x1 = std::max(x1, s.x[i]), y0 = std::min(y0, s.y[i]), y1 = std::max(y1, s.y[i]);
+      integer_x = integer_x && s.x[i] == std::round(s.x[i]);
     }
   }
   if (x0 > x1) x0 = 0, x1 = 1;
@@ -259,7 +261,9 @@ cv::Mat plot(const std::vector<Series>& series, const std::string& title, const 
   auto py = [&](double y) { return static_cast<int>(std::lround(fy(y))); };
   const cv::Scalar axis(60, 60, 60), grid(225, 225, 225);
   for (int t = 0; t <= 4; ++t) {
-    const double xv = x0 + (x1 - x0) * t / 4, yv = y0 + (y1 - y0) * t / 4;
+    double xv = x0 + (x1 - x0) * t / 4;
+    if (integer_x && x1 - x0 >= 4) xv = std::round(xv);
+    const double yv = y0 + (y1 - y0) * t / 4;
     cv::line(out, {px(xv), top}, {px(xv), top + ph}, grid, 1);
     cv::line(out, {left, py(yv)}, {left + pw, py(yv)}, grid, 1);
     char buf[32];
