@@ -109,6 +109,49 @@ TEST(ModelTaps, FromTapsRecordsNoGraphBeforeTheLayer) {
   EXPECT_GT(g[1].abs().sum().item<double>(), 0);
 }
 
+TEST(ModelTaps, RepeatedSingleTapCallsRunAFrozenPrefixWithTheWholeGraphsResults) {
+  for (const char* file : {"models/resnet_tiny_traced.pt", "models/resnet_tiny_scripted.pt"}) {
+    // body.0.conv2: the rest also reads the block's input (the skip connection).
+    for (const char* layer : {"body.0.conv2", "body"}) {
+      SCOPED_TRACE(std::string(file) + " " + layer);
+      auto model = Model::load(data(file));
+      const std::string key = std::string("prefix|") + layer;
+      auto has_prefix = [&] {
+        auto names = model.frozen_copies();
+        return std::find(names.begin(), names.end(), key) != names.end();
+      };
+      at::manual_seed(3);
+      at::Tensor x = at::randn({2, 3, 16, 16});
+      at::Tensor before = model.module().forward({x}).toTensor();
+      auto first = model.forward(x, {layer}, Autograd::FromTaps);
+      EXPECT_FALSE(has_prefix());  // a one-off call does not pay for freezing
+      auto second = model.forward(x, {layer}, Autograd::FromTaps);
+      EXPECT_TRUE(has_prefix());
+      EXPECT_TRUE(close(second.output, first.output, 1e-5, 1e-4));
+      EXPECT_TRUE(close(second.taps[0], first.taps[0], 1e-5, 1e-4));
+      ASSERT_TRUE(second.taps[0].requires_grad());
+      EXPECT_TRUE(second.taps[0].is_leaf());
+      at::Tensor g1 = torch::autograd::grad({first.output.select(1, 1).sum()}, {first.taps[0]})[0];
+      at::Tensor g2 = torch::autograd::grad({second.output.select(1, 1).sum()}, {second.taps[0]})[0];
+      EXPECT_TRUE(close(g2, g1, 1e-6, 1e-4));
+      EXPECT_GT(g2.abs().sum().item<double>(), 0);
+      auto off = model.forward(x, {layer}, Autograd::Off);
+      EXPECT_FALSE(off.output.requires_grad());
+      EXPECT_TRUE(close(off.taps[0], first.taps[0], 1e-5, 1e-4));
+      // The caller's module keeps its own forward (the copy's class was changed, not its).
+      EXPECT_TRUE(at::equal(model.module().forward({x}).toTensor(), before));
+      // A parameter written afterwards is seen by the next call: the copy is rebuilt.
+      {
+        at::NoGradGuard no_grad;
+        for (auto p : model.module().parameters()) p.mul_(1.5);
+      }
+      at::Tensor changed = model.module().forward({x}).toTensor();
+      EXPECT_FALSE(at::allclose(changed, before));
+      EXPECT_TRUE(close(model.forward(x, {layer}, Autograd::FromTaps).output, changed, 1e-4, 1e-4));
+    }
+  }
+}
+
 TEST(ModelTaps, InPlaceReluAndResidualAddTapTheModulesRealOutput) {
   for (const char* file : {"models/resnet_tiny_traced.pt", "models/resnet_tiny_scripted.pt"}) {
     SCOPED_TRACE(file);

@@ -101,6 +101,10 @@ class Model {
   static Model from_module(const torch::jit::Module& module, const std::string& name = "module");
 
   // Runs a batch [N, C, H, W]; taps are module paths, their outputs come back in order.
+  // With one tap, Autograd::FromTaps or Off and the standard ReLU gradient, a layer's
+  // second and later calls run the network up to the layer on a frozen, inference-optimised
+  // copy (built then; BatchNorm folded), and the rest on the model's own graph: numerically
+  // close to the first call, not equal.
   ForwardResult forward(const at::Tensor& x, const std::vector<std::string>& taps = {},
                         Autograd autograd = Autograd::Off, ReluGradient relu = ReluGradient::Standard) const;
   at::Tensor predict(const at::Tensor& x) const { return forward(x).output; }
@@ -111,6 +115,10 @@ class Model {
   // runs a second frozen copy with bf16 weights on the input cast to bf16, and returns
   // float32 outputs.
   at::Tensor infer(const at::Tensor& x, Precision precision = Precision::Float32) const;
+
+  // The frozen copies built so far: "infer", "infer-bf16", "folded" (Autograd::Input),
+  // "prefix|<layer>" (forward's split at a tap). Each holds its own (folded) weights.
+  std::vector<std::string> frozen_copies() const;
 
   // One forward without autograd that keeps what run_from_layer needs.
   LayerState run_to_layer(const at::Tensor& x, const std::string& layer) const;

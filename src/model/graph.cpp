@@ -3,6 +3,7 @@
 #include <torch/csrc/jit/ir/alias_analysis.h>
 #include <torch/csrc/jit/passes/constant_pooling.h>
 #include <torch/csrc/jit/passes/constant_propagation.h>
+#include <torch/csrc/jit/passes/dead_code_elimination.h>
 #include <torch/csrc/jit/passes/inliner.h>
 #include <torch/csrc/jit/passes/remove_mutation.h>
 
@@ -132,6 +133,15 @@ void make_writers_functional(const std::shared_ptr<Graph>& g, const std::vector<
   if (!writers.empty()) torch::jit::RemoveTensorMutation(g, [&](Node* n) { return writers.count(n) > 0; });
 }
 
+// The values `refs` address in a copy of the analysed graph.
+std::vector<Value*> locate(Graph& g, const std::vector<ValueRef>& refs) {
+  std::map<size_t, Node*> by_tag;
+  tagged_nodes(g, &by_tag);
+  std::vector<Value*> found;
+  for (const auto& r : refs) found.push_back(by_tag.at(r.node)->outputs().at(r.output));
+  return found;
+}
+
 }  // namespace
 
 TapGraph::TapGraph(const std::shared_ptr<Graph>& forward) : inlined_(forward->copy()) {
@@ -185,15 +195,8 @@ std::shared_ptr<Graph> TapGraph::with_taps(const std::vector<ValueRef>& requeste
     }
   }
   if (n_relus) *n_relus = taps.size() - requested.size();
-  auto locate = [&] {
-    std::map<size_t, Node*> by_tag;
-    tagged_nodes(*g, &by_tag);
-    std::vector<Value*> found;
-    for (const auto& t : taps) found.push_back(by_tag.at(t.node)->outputs().at(t.output));
-    return found;
-  };
-  if (!taps.empty() && inlined_ != graph_) make_writers_functional(g, locate());
-  std::vector<Value*> all = locate();  // again: the rewrite replaced some nodes
+  if (!taps.empty() && inlined_ != graph_) make_writers_functional(g, locate(*g, taps));
+  std::vector<Value*> all = locate(*g, taps);  // again: the rewrite replaced some nodes
   std::vector<Value*> values(all.begin(), all.begin() + requested.size());
   std::vector<Value*> relu_outs(all.begin() + requested.size(), all.end());
   if (relus == 2) {
@@ -273,15 +276,10 @@ Node* top_level(Node* n) {
 TapGraph::Suffix TapGraph::suffix(const ValueRef& layer, bool allow_cut) const {
   Suffix out;
   auto g = inlined_->copy();
-  auto locate = [&] {
-    std::map<size_t, Node*> by_tag;
-    tagged_nodes(*g, &by_tag);
-    return by_tag.at(layer.node)->outputs().at(layer.output);
-  };
   // In-place ops that write to the activation become functional: the rest must read the
   // activation we hand it, not a tensor an in-place op left behind.
-  if (inlined_ != graph_) make_writers_functional(g, {locate()});
-  Value* act = locate();
+  if (inlined_ != graph_) make_writers_functional(g, locate(*g, {layer}));
+  Value* act = locate(*g, {layer})[0];
   Value* act_in = g->addInput("salient_activation");
   act_in->setType(act->type());
   act->replaceAllUsesWith(act_in);
@@ -330,6 +328,22 @@ TapGraph::Suffix TapGraph::suffix(const ValueRef& layer, bool allow_cut) const {
   torch::jit::ConstantPooling(g);
   out.graph = g;
   return out;
+}
+
+std::shared_ptr<Graph> TapGraph::prefix(const std::vector<ValueRef>& values) const {
+  auto g = inlined_->copy();
+  if (inlined_ != graph_) make_writers_functional(g, locate(*g, values));
+  std::vector<Value*> found = locate(*g, values);  // again: the rewrite replaced some nodes
+  while (!g->outputs().empty()) g->eraseOutput(0);
+  Node* tuple = g->createTuple(found);
+  g->appendNode(tuple);
+  g->registerOutput(tuple->output());
+  // With the model's output gone, whatever only led to it is dead (in-place ops on dead
+  // values included: the alias analysis sees they write nothing live).
+  torch::jit::EliminateDeadCode(g);
+  torch::jit::ConstantPropagation(g);
+  torch::jit::ConstantPooling(g);
+  return g;
 }
 
 std::shared_ptr<Graph> TapGraph::with_all_values() const {

@@ -57,6 +57,12 @@ class TapGraph {
   };
   Suffix suffix(const ValueRef& layer, bool allow_cut = true) const;
 
+  // The network up to the given values only: a copy whose single output is the tuple of
+  // `values` (in-place ops writing to them made functional), with everything they do not
+  // depend on removed. A method graph of the module the TapGraph was built from, for
+  // freezing as its forward.
+  std::shared_ptr<torch::jit::Graph> prefix(const std::vector<ValueRef>& values) const;
+
   // A copy that also returns every tensor a top-level node produces (memory probe).
   std::shared_ptr<torch::jit::Graph> with_all_values() const;
 
