@@ -648,8 +648,12 @@ int main(int argc, char** argv) {
             "forwards do not do; infidelity's 11 forwards fit one batch.\n"
             "- Rows marked bf16 run the same work with precision bf16 (opt-in: Model::infer's second frozen copy, "
             "bf16 weights in channels-last layout, input cast to bf16, float32 out) against the same float32 eager "
-            "forwards. This CPU has AVX512-BF16; scores differ from float32's in about the third digit (docs/"
-            "methods.md, Precision).\n"
+            "forwards. "
+         << (salient::native_bf16()
+                 ? "This CPU computes bf16 natively (AVX512-BF16 or AMX), so these rows run faster than float32's. "
+                 : "This CPU has no native bf16 (no AVX512-BF16 or AMX: salient::native_bf16() is false), so oneDNN "
+                   "emulates it and these rows run slower than float32's; on such CPUs keep float32. ")
+         << "Scores differ from float32's in about the third digit (docs/methods.md, Precision).\n"
             "- The sanity check re-explains on a randomised copy per block. The copy shares every weight it does "
             "not re-draw and the compiled graphs, so it costs the draws of one block; the baseline deep-copies the "
             "module per block but draws nothing. Max-sensitivity explains its 10 perturbed copies in one batch "

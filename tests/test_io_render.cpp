@@ -257,6 +257,27 @@ std::vector<std::pair<int, int>> colour_runs(const cv::Mat& img, int y, cv::Vec3
 
 }  // namespace
 
+TEST(Render, AxisTicksAreMultiplesOfOneTwoOrFiveTimesAPowerOfTen) {
+  // The sanity curves' Spearman range: steps of 0.2, never an odd label like 0.0241.
+  const double step = render::tick_step(-0.33, 1.02);
+  EXPECT_DOUBLE_EQ(step, 0.2);
+  auto t = render::ticks(-0.4, 1.2, step);
+  ASSERT_EQ(t.size(), 9u);
+  for (size_t i = 0; i < t.size(); ++i) EXPECT_NEAR(t[i], -0.4 + 0.2 * i, 1e-12);
+  EXPECT_EQ(std::signbit(render::ticks(-0.4, 1.2, step)[2]), false);  // 0, not -0
+  EXPECT_DOUBLE_EQ(render::tick_step(0, 1), 0.2);
+  EXPECT_DOUBLE_EQ(render::tick_step(0, 0.03), 0.005);
+  EXPECT_DOUBLE_EQ(render::tick_step(0, 900), 200);
+  EXPECT_DOUBLE_EQ(render::tick_step(10, 730), 100);
+  // Sanity steps 1..15: whole numbers 2, 4, ..., 14 inside the range.
+  const double whole = render::tick_step(1, 15, 5, true);
+  EXPECT_DOUBLE_EQ(whole, 2);
+  auto w = render::ticks(1, 15, whole);
+  EXPECT_EQ(w, (std::vector<double>{2, 4, 6, 8, 10, 12, 14}));
+  EXPECT_DOUBLE_EQ(render::tick_step(0, 3, 5, true), 1);  // never a fractional step
+  EXPECT_NE(msg_of([] { render::tick_step(1, 1); }).find("no ticks"), std::string::npos);
+}
+
 TEST(Render, PlotDrawsEverySegmentAndTellsRepeatedColoursApartByLineStyle) {
   // Series 0, 10, 20, 30 share the first colour; each is a horizontal line of 11 points at
   // its own height. The others are empty (legend only).

@@ -323,3 +323,15 @@ TEST(ModelBias, BiasLayersFollowInPlaceWritesAndReplacedTensors) {
   EXPECT_TRUE(at::equal(model.bias_layers()[0].bias, fresh));
   EXPECT_FALSE(model.bias_layers()[0].bias.is_same(fresh));  // a copy: the module's tensor stays private
 }
+
+TEST(Precision, NativeBf16IsReadFromTheCpuFeatureFlagsOfX86AndArm) {
+  // x86: AVX512-BF16 or AMX-BF16 on a "flags" line; a plain AVX-512 CPU emulates bf16.
+  EXPECT_TRUE(salient::cpuinfo_has_native_bf16("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 avx512_vnni\n"));
+  EXPECT_TRUE(salient::cpuinfo_has_native_bf16("flags\t\t: fpu amx_tile amx_bf16\n"));
+  EXPECT_FALSE(salient::cpuinfo_has_native_bf16("model name\t: Intel Xeon\nflags\t\t: fpu avx512f avx512bw avx512_vnni\n"));
+  // Arm: "bf16" among the Features; the word must match whole, wherever it appears.
+  EXPECT_TRUE(salient::cpuinfo_has_native_bf16("Features\t: fp asimd sve bf16 i8mm\n"));
+  EXPECT_FALSE(salient::cpuinfo_has_native_bf16("Features\t: fp asimd sve svebf16x\n"));
+  EXPECT_FALSE(salient::cpuinfo_has_native_bf16("model name\t: bf16 avx512_bf16 in a name, not a flag\n"));
+  EXPECT_FALSE(salient::cpuinfo_has_native_bf16(""));
+}

@@ -40,11 +40,18 @@ enum class Autograd {
 };
 
 // The number format of Model::infer's copy. BFloat16 runs about 1.5-2x as fast on CPUs
-// with native bf16 (AVX512-BF16, AMX) and GPUs; scores differ from Float32's in about
-// the third significant digit (8-bit mantissa), so it is opt-in.
+// with native bf16 (AVX512-BF16, AMX) and GPUs, and 2-3x slower than Float32 on CPUs
+// without it (oneDNN emulates it: native_bf16() tells); scores differ from Float32's in
+// about the third significant digit (8-bit mantissa), so it is opt-in.
 enum class Precision { Float32, BFloat16 };
 const char* precision_name(Precision p);                // "float32", "bf16"
 Precision parse_precision(const std::string& name);     // throws salient::Error
+
+// Whether this CPU computes bf16 natively (x86: AVX512-BF16 or AMX-BF16; Arm: BF16), read
+// once from /proc/cpuinfo; false where that cannot be read.
+bool native_bf16();
+// The same test on the text of a /proc/cpuinfo.
+bool cpuinfo_has_native_bf16(const std::string& cpuinfo);
 
 // How the backward passes through ReLUs, for guided backprop and deconvnet. Every ReLU
 // op of the graph is affected (module or functional, in-place or not, each call).

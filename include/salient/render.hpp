@@ -59,6 +59,12 @@ struct Series {
 cv::Mat plot(const std::vector<Series>& series, const std::string& title, const std::string& x_label,
              const std::string& y_label, int width = 720, int height = 440);
 
+// Axis ticks as a person would place them: the multiples of 1, 2 or 5 x 10^k within
+// [lo, hi], the step chosen so that about `target` of them fall there (whole numbers
+// only when `integer`). plot() widens its y range out to such ticks.
+double tick_step(double lo, double hi, int target = 5, bool integer = false);
+std::vector<double> ticks(double lo, double hi, double step);
+
 // Stacks panels vertically (padding widths), e.g. for a contact sheet.
 cv::Mat stack_rows(const std::vector<cv::Mat>& rows);
 

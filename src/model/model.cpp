@@ -283,8 +283,9 @@ struct Model::Impl {
     }
     if (values.size() != refs.size()) return {};
     at::Tensor act = values[0].toTensor();
-    // A leaf of ours (nothing of the caller's): the backward from the output stops here.
-    if (autograd == Autograd::FromTaps) act.requires_grad_(true);
+    // A leaf of ours, as the whole graph's detach + requires_grad_ makes it: the backward
+    // from the output stops here.
+    if (autograd == Autograd::FromTaps) act = act.detach().requires_grad_(true);
     torch::jit::Stack stack{module._ivalue(), act};
     stack.insert(stack.end(), values.begin() + 1, values.end());
     {
@@ -509,6 +510,32 @@ Precision parse_precision(const std::string& name) {
   if (name == "float32" || name == "fp32") return Precision::Float32;
   if (name == "bf16" || name == "bfloat16") return Precision::BFloat16;
   SALIENT_FAIL("unknown precision '", name, "' (expected float32 or bf16)");
+}
+
+bool cpuinfo_has_native_bf16(const std::string& cpuinfo) {
+  std::istringstream lines(cpuinfo);
+  std::string line;
+  while (std::getline(lines, line)) {
+    // x86 lists its features on "flags" lines, Arm on "Features" lines.
+    if (line.rfind("flags", 0) != 0 && line.rfind("Features", 0) != 0) continue;
+    const auto colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    std::istringstream words(line.substr(colon + 1));
+    std::string w;
+    while (words >> w)
+      if (w == "avx512_bf16" || w == "amx_bf16" || w == "bf16") return true;
+  }
+  return false;
+}
+
+bool native_bf16() {
+  static const bool has = [] {
+    std::ifstream f("/proc/cpuinfo");
+    std::stringstream text;
+    text << f.rdbuf();
+    return cpuinfo_has_native_bf16(text.str());
+  }();
+  return has;
 }
 
 at::Tensor Model::infer(const at::Tensor& x, Precision precision) const {

@@ -221,6 +221,27 @@ void styled_polyline(cv::Mat& out, const std::vector<cv::Point2d>& pts, const st
 
 }  // namespace
 
+double tick_step(double lo, double hi, int target, bool integer) {
+  SALIENT_CHECK(std::isfinite(lo) && std::isfinite(hi) && hi > lo && target > 0, "render: no ticks for [", lo, ", ",
+                hi, "]");
+  const double raw = (hi - lo) / target;
+  const double magnitude = std::pow(10.0, std::floor(std::log10(raw)));
+  const double f = raw / magnitude;  // in [1, 10)
+  double step = (f < 1.5 ? 1 : f < 3 ? 2 : f < 7 ? 5 : 10) * magnitude;
+  return integer ? std::max(1.0, std::round(step)) : step;
+}
+
+std::vector<double> ticks(double lo, double hi, double step) {
+  std::vector<double> out;
+  const double eps = 1e-9 * step;
+  for (double k = std::ceil(lo / step - 1e-9); k * step <= hi + eps; k += 1) {
+    double v = k * step;
+    if (std::abs(v) < eps) v = 0;  // never "-0"
+    out.push_back(v);
+  }
+  return out;
+}
+
 cv::Mat plot(const std::vector<Series>& series, const std::string& title, const std::string& x_label,
              const std::string& y_label, int width, int height) {
   SALIENT_CHECK(!series.empty(), "render: nothing to plot");
@@ -239,8 +260,12 @@ cv::Mat plot(const std::vector<Series>& series, const std::string& title, const 
   if (y0 > y1) y0 = 0, y1 = 1;
   if (x1 - x0 < 1e-12) x1 = x0 + 1;
   if (y1 - y0 < 1e-12) y1 = y0 + 1;
-  const double ypad = 0.05 * (y1 - y0);
+  const double ypad = 0.03 * (y1 - y0);
   y0 -= ypad, y1 += ypad;
+  // The y range ends on ticks; the x range stays the data's (curves span the width).
+  const double ystep = tick_step(y0, y1, 5);
+  y0 = std::floor(y0 / ystep + 1e-9) * ystep, y1 = std::ceil(y1 / ystep - 1e-9) * ystep;
+  const double xstep = tick_step(x0, x1, 5, integer_x);
   const int left = 64, top = 36, bottom = 48, legend_row = 16;
   const double legend_scale = 0.38;
   // The legend sets the right margin and, with many series, the height: names are never cut.
@@ -260,16 +285,15 @@ cv::Mat plot(const std::vector<Series>& series, const std::string& title, const 
   auto px = [&](double x) { return static_cast<int>(std::lround(fx(x))); };
   auto py = [&](double y) { return static_cast<int>(std::lround(fy(y))); };
   const cv::Scalar axis(60, 60, 60), grid(225, 225, 225);
-  for (int t = 0; t <= 4; ++t) {
-    double xv = x0 + (x1 - x0) * t / 4;
-    if (integer_x && x1 - x0 >= 4) xv = std::round(xv);
-    const double yv = y0 + (y1 - y0) * t / 4;
+  char buf[32];
+  for (double xv : ticks(x0, x1, xstep)) {
     cv::line(out, {px(xv), top}, {px(xv), top + ph}, grid, 1);
-    cv::line(out, {left, py(yv)}, {left + pw, py(yv)}, grid, 1);
-    char buf[32];
-    std::snprintf(buf, sizeof(buf), "%.3g", xv);
+    std::snprintf(buf, sizeof(buf), "%.4g", xv);
     put_text(out, buf, px(xv) - 12, top + ph + 18, 0.4);
-    std::snprintf(buf, sizeof(buf), "%.3g", yv);
+  }
+  for (double yv : ticks(y0, y1, ystep)) {
+    cv::line(out, {left, py(yv)}, {left + pw, py(yv)}, grid, 1);
+    std::snprintf(buf, sizeof(buf), "%.4g", yv);
     put_text(out, buf, 6, py(yv) + 4, 0.4);
   }
   cv::rectangle(out, {left, top}, {left + pw, top + ph}, axis, 1);

@@ -170,7 +170,8 @@ void add_method_flags(CLI::App& app, MethodFlags* f) {
   g["precision"] = app.add_option("--precision", f->precision,
                                   "Forward-only methods and metrics (occlusion, rise, scorecam, faster_scorecam, "
                                   "deletion, insertion, road, infidelity): float32 or bf16, faster on CPUs with "
-                                  "bf16 support, scores differ in about the third digit")
+                                  "native bf16 (AVX512-BF16, AMX), slower on others; scores differ in about the "
+                                  "third digit")
                        ->capture_default_str();
 }
 
@@ -204,6 +205,9 @@ salient::ExplainSettings method_settings(const MethodFlags& f) {
   if (given("seed")) s.seed = f.seed;
   s.memory_budget = parse_bytes(f.memory_budget, "--memory-budget");
   if (given("precision")) s.precision = salient::parse_precision(f.precision);
+  if (s.precision == salient::Precision::BFloat16 && !salient::native_bf16())
+    std::cerr << "salient: warning: --precision bf16: this CPU has no native bf16 (AVX512-BF16, AMX); it is "
+                 "emulated and runs slower than float32\n";
   return s;
 }
 
