@@ -288,7 +288,7 @@ TEST(Render, PlotDrawsEverySegmentAndTellsRepeatedColoursApartByLineStyle) {
   for (int s = 0; s < 4; ++s)
     for (int i = 0; i <= 10; ++i) series[10 * s].x.push_back(i / 10.0), series[10 * s].y.push_back(level[s]);
   cv::Mat img = render::plot(series, "styles", "x", "y");
-  EXPECT_GE(img.rows, 36 + 8 + 16 * 31);  // taller than 440: every legend row fits
+  EXPECT_GE(img.rows, 50 + 8 + 16 * 31);  // taller than 440: every legend row fits
   EXPECT_GT(img.cols, 720);               // wider: the long name fits
   const cv::Vec3b blue(31, 119, 180);
 
@@ -345,13 +345,24 @@ TEST(Render, PlotDrawsEverySegmentAndTellsRepeatedColoursApartByLineStyle) {
   EXPECT_LE(dd_min, 5);
 
   // The legend shows the style too: its sample for a dashed series has gaps, a solid one none.
-  auto legend_runs = [&](size_t k) {
-    const int ly = 36 + 8 + 16 * static_cast<int>(k);
-    size_t n = 0;
-    for (auto [b, e] : colour_runs(img, ly, blue))
-      if (b > end + 4) ++n;
-    return n;
+  // Blue legend samples (series 0, 10, 20, 30) are found by scanning, not by the layout's margins.
+  auto runs_right = [&](int y) {
+    std::vector<std::pair<int, int>> r;
+    for (auto run : colour_runs(img, y, blue))
+      if (run.first > end + 4) r.push_back(run);
+    return r;
   };
+  std::vector<int> sample_rows;  // per sample, its most covered row
+  for (int y = 0, covered_best = 0; y < img.rows; ++y) {
+    int covered = 0;
+    for (auto [b, e] : runs_right(y)) covered += e - b;
+    const bool continues = y > 0 && !runs_right(y - 1).empty();
+    if (covered == 0) continue;
+    if (!continues) sample_rows.push_back(y), covered_best = covered;
+    else if (covered > covered_best) sample_rows.back() = y, covered_best = covered;
+  }
+  ASSERT_EQ(sample_rows.size(), 4u);
+  auto legend_runs = [&](size_t k) { return runs_right(sample_rows[k / 10]).size(); };
   EXPECT_EQ(legend_runs(0), 1u);
   EXPECT_GE(legend_runs(10), 2u);
   EXPECT_GE(legend_runs(20), 3u);

@@ -266,7 +266,8 @@ cv::Mat plot(const std::vector<Series>& series, const std::string& title, const 
   const double ystep = tick_step(y0, y1, 5);
   y0 = std::floor(y0 / ystep + 1e-9) * ystep, y1 = std::ceil(y1 / ystep - 1e-9) * ystep;
   const double xstep = tick_step(x0, x1, 5, integer_x);
-  const int left = 64, top = 36, bottom = 48, legend_row = 16;
+  // top leaves the title and, below it, the y label a row each, clear of the top tick's label.
+  const int left = 64, top = 50, bottom = 48, legend_row = 16;
   const double legend_scale = 0.38;
   // The legend sets the right margin and, with many series, the height: names are never cut.
   int label_width = 0;
@@ -299,7 +300,7 @@ cv::Mat plot(const std::vector<Series>& series, const std::string& title, const 
   cv::rectangle(out, {left, top}, {left + pw, top + ph}, axis, 1);
   put_text(out, title, left, 22, 0.55);
   put_text(out, x_label, left + pw / 2 - 4 * static_cast<int>(x_label.size()), top + ph + bottom - 10, 0.45);
-  put_text(out, y_label, 6, top - 8, 0.4);
+  put_text(out, y_label, 6, top - 14, 0.4);
   static const cv::Scalar colours[] = {{31, 119, 180}, {255, 127, 14}, {44, 160, 44}, {214, 39, 40},
                                        {148, 103, 189}, {140, 86, 75},  {227, 119, 194}, {127, 127, 127},
                                        {188, 189, 34},  {23, 190, 207}};
