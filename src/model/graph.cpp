@@ -201,13 +201,17 @@ std::shared_ptr<Graph> TapGraph::with_taps(const std::vector<ValueRef>& requeste
   std::vector<Value*> relu_outs(all.begin() + requested.size(), all.end());
   if (relus == 2) {
     for (Value*& r : relu_outs) {
-      // Same value as relu(x), but d y / d x = 1: the backward passes through unmasked.
-      Value* x = r->node()->input(0);
-      torch::jit::WithInsertPoint guard(r->node()->next());
-      Value* diff = g->insert(c10::aten::sub, {r, x});
-      Value* stopped = g->insert(c10::aten::detach, {diff});
-      Value* y = g->insert(c10::aten::add, {x, stopped});
+      // y = x - min(x, 0) with the min off the tape: the value of relu(x), but d y / d x = 1,
+      // so the backward passes through unmasked. Two elementwise ops replace the ReLU and
+      // autograd records one subtraction that saves nothing.
+      Node* relu = r->node();
+      Value* x = relu->input(0);
+      torch::jit::WithInsertPoint guard(relu->next());
+      Value* off_tape = g->insert(c10::aten::detach, {x});
+      Value* negative = g->insert(c10::aten::clamp_max, {off_tape, 0});
+      Value* y = g->insert(c10::aten::sub, {x, negative});
       r->replaceAllUsesAfterNodeWith(y->node(), y);
+      if (!r->hasUses()) relu->destroy();
       r = y;
     }
   }
