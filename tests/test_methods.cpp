@@ -328,6 +328,22 @@ TEST(GuidedBackprop, ModuleReluCalledTwiceOnTracedAndScriptedForms) {
   }
 }
 
+TEST(Deconvnet, TapsAtReluOutputsReadTheSameValuesAndStayOnTheGradientPath) {
+  // "relu" and "body" are ReLU outputs, which the deconvnet rule rewrites.
+  auto model = Model::load(data("models/resnet_tiny_traced.pt"));
+  at::Tensor x = at::randn({2, 3, 16, 16}).requires_grad_(true);
+  const std::vector<std::string> taps = {"relu", "body"};
+  auto plain = model.forward(x, taps, salient::Autograd::Full);
+  auto deconv = model.forward(x, taps, salient::Autograd::Full, salient::ReluGradient::Deconvnet);
+  ASSERT_EQ(deconv.taps.size(), 2u);
+  EXPECT_TRUE(at::allclose(deconv.output, plain.output));
+  for (size_t i = 0; i < taps.size(); ++i) EXPECT_TRUE(at::allclose(deconv.taps[i], plain.taps[i])) << taps[i];
+  // After "body" only pooling and the classifier: the gradient there is the same under both rules.
+  auto g_plain = torch::autograd::grad({plain.output.select(1, 0).sum()}, {plain.taps[1]})[0];
+  auto g_deconv = torch::autograd::grad({deconv.output.select(1, 0).sum()}, {deconv.taps[1]})[0];
+  EXPECT_TRUE(at::allclose(g_deconv, g_plain));
+}
+
 namespace {
 
 // A smooth network (tanh, no ReLU kinks): Integrated Gradients' completeness holds to

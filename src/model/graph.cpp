@@ -210,8 +210,11 @@ std::shared_ptr<Graph> TapGraph::with_taps(const std::vector<ValueRef>& requeste
       Value* off_tape = g->insert(c10::aten::detach, {x});
       Value* negative = g->insert(c10::aten::clamp_max, {off_tape, 0});
       Value* y = g->insert(c10::aten::sub, {x, negative});
-      r->replaceAllUsesAfterNodeWith(y->node(), y);
-      if (!r->hasUses()) relu->destroy();
+      // Every use of the ReLU comes after it, and none is among the new nodes: all go to y,
+      // and so does a requested tap at the ReLU (registered as an output only below).
+      r->replaceAllUsesWith(y);
+      std::replace(values.begin(), values.end(), r, y);
+      relu->destroy();
       r = y;
     }
   }
