@@ -291,14 +291,19 @@ TEST(Render, PlotDrawsEverySegmentAndTellsRepeatedColoursApartByLineStyle) {
   EXPECT_GE(img.rows, 50 + 8 + 16 * 31);  // taller than 440: every legend row fits
   EXPECT_GT(img.cols, 720);               // wider: the long name fits
   const cv::Vec3b blue(31, 119, 180);
+  // Pixels of row y in the colour, in runs starting right of x_min.
+  auto covered = [&](int y, int x_min = -1) {
+    int n = 0;
+    for (auto [b, e] : colour_runs(img, y, blue))
+      if (b > x_min) n += e - b;
+    return n;
+  };
 
   // The four lines: clusters of rows where the colour covers more than 100 pixels.
   std::vector<int> rows;
   int last = -10;
   for (int y = 0; y < img.rows; ++y) {
-    int covered = 0;
-    for (auto [b, e] : colour_runs(img, y, blue)) covered += e - b;
-    if (covered <= 100) continue;
+    if (covered(y) <= 100) continue;
     if (y - last > 1) rows.push_back(y);
     last = y;
   }
@@ -309,9 +314,8 @@ TEST(Render, PlotDrawsEverySegmentAndTellsRepeatedColoursApartByLineStyle) {
     // Centre row of the line: the one with the most coverage among its neighbours.
     int best = rows[3 - s], best_cover = -1;
     for (int y = rows[3 - s]; y < rows[3 - s] + 3; ++y) {
-      int covered = 0;
-      for (auto [b, e] : colour_runs(img, y, blue)) covered += e - b;
-      if (covered > best_cover) best = y, best_cover = covered;
+      const int c = covered(y);
+      if (c > best_cover) best = y, best_cover = c;
     }
     // The plotted part: runs up to the first gap wider than any dash pattern's gap.
     for (auto r : colour_runs(img, best, blue)) {
@@ -345,24 +349,23 @@ TEST(Render, PlotDrawsEverySegmentAndTellsRepeatedColoursApartByLineStyle) {
   EXPECT_LE(dd_min, 5);
 
   // The legend shows the style too: its sample for a dashed series has gaps, a solid one none.
-  // Blue legend samples (series 0, 10, 20, 30) are found by scanning, not by the layout's margins.
-  auto runs_right = [&](int y) {
-    std::vector<std::pair<int, int>> r;
-    for (auto run : colour_runs(img, y, blue))
-      if (run.first > end + 4) r.push_back(run);
-    return r;
-  };
-  std::vector<int> sample_rows;  // per sample, its most covered row
-  for (int y = 0, covered_best = 0; y < img.rows; ++y) {
-    int covered = 0;
-    for (auto [b, e] : runs_right(y)) covered += e - b;
-    const bool continues = y > 0 && !runs_right(y - 1).empty();
-    if (covered == 0) continue;
-    if (!continues) sample_rows.push_back(y), covered_best = covered;
-    else if (covered > covered_best) sample_rows.back() = y, covered_best = covered;
+  // Blue legend samples (series 0, 10, 20, 30) are found by scanning, not by the layout's
+  // margins: each is a cluster of rows right of the plot, taken at its most covered row.
+  const int legend_x = end + 4;
+  std::vector<int> sample_rows;
+  for (int y = 0, prev = 0, best_cover = 0; y < img.rows; ++y) {
+    const int c = covered(y, legend_x);
+    if (c > 0 && prev == 0) sample_rows.push_back(y), best_cover = c;
+    else if (c > best_cover) sample_rows.back() = y, best_cover = c;
+    prev = c;
   }
   ASSERT_EQ(sample_rows.size(), 4u);
-  auto legend_runs = [&](size_t k) { return runs_right(sample_rows[k / 10]).size(); };
+  auto legend_runs = [&](size_t k) {
+    size_t n = 0;
+    for (auto [b, e] : colour_runs(img, sample_rows[k / 10], blue))
+      if (b > legend_x) ++n;
+    return n;
+  };
   EXPECT_EQ(legend_runs(0), 1u);
   EXPECT_GE(legend_runs(10), 2u);
   EXPECT_GE(legend_runs(20), 3u);
