@@ -118,6 +118,9 @@ TEST(Cli, BadImagesAreOneLineErrorsWithExitCode2) {
   expect_bad_input(base + dir + "/cut.png", dir + "/o4", "corrupt or truncated PNG");
   // The good image before a bad one is not written either.
   expect_bad_input(base + dir + "/good.png " + dir + "/cut.png", dir + "/o5", "cut.png");
+  // --size takes HxW: its errors show that form, not the CxHxW of --input-size.
+  expect_bad_input(base + dir + "/good.png --size 0x10", dir + "/o6", "--size: '0x10' is not a list of sizes like 224x224");
+  expect_bad_input(base + dir + "/good.png --size 3x32x32", dir + "/o7", "--size: expected HxW like 224x224, got '3x32x32'");
 }
 
 TEST(Cli, BadModelsLayersAndTargetsAreOneLineErrors) {
@@ -375,6 +378,15 @@ TEST(Cli, EvaluateRejectsBadManifestsWithOneLine) {
   expect_bad_input(run + manifest("i.jsonl", "{\"input\": \"x.npy\"}\n{\"input\": \"x.npy\", \"target\": 1000}\n") +
                        " --metrics deletion",
                    dir + "/o9", "i.jsonl:2: target 1000 out of range");
+  // A missing file is named with its line and role; a reversed box says which order is wanted.
+  expect_bad_input(run + manifest("j.jsonl", "{\"input\": \"x.npy\"}\n{\"input\": \"x.npy\", \"mask\": \"gone.png\"}\n"),
+                   dir + "/o10", "j.jsonl:2: mask '" + dir + "/gone.png' not found");
+  expect_bad_input(run + manifest("k.jsonl", "{\"image\": \"gone.png\"}\n"), dir + "/o11",
+                   "k.jsonl:1: image '" + dir + "/gone.png' not found");
+  expect_bad_input(run + manifest("l.jsonl", "{\"input\": \"gone.npy\"}\n"), dir + "/o12",
+                   "l.jsonl:1: tensor file '" + dir + "/gone.npy' not found");
+  expect_bad_input(run + manifest("m.jsonl", "{\"input\": \"x.npy\", \"box\": [20, 0, 10, 5]}\n") + " --metrics pointing",
+                   dir + "/o13", "m.jsonl:1: box [20, 0, 10, 5] must have x0 <= x1 and y0 <= y1");
 }
 
 TEST(Cli, EvaluateMetricsAllRunsEveryMetricTheManifestAllows) {

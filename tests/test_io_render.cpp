@@ -221,6 +221,36 @@ TEST(Render, PanelWrapsCellsIntoRowsWithTheCaptionOnTop) {
   EXPECT_EQ(p.at<cv::Vec3b>(28 + 24 + 96 + 8 + 24 + 50, 8 + 2 * 104 + 50), cv::Vec3b(255, 255, 255));  // no 6th cell
 }
 
+TEST(Render, PanelTextStaysInsideThePanelAndItsCells) {
+  cv::Mat a(96, 96, CV_8UC3, cv::Scalar(255, 0, 0));
+  const std::string caption = "predicted: a rather long class name (99%)   target: another long class name";
+  cv::Mat p = render::panel({{"input", a}, {"integrated_gradients_with_a_long_title", a}}, caption, 96);
+  // Dark (text) pixels by column, in the caption rows and in the title row.
+  auto dark_columns = [&](int y0, int y1) {
+    std::vector<int> cols;
+    for (int x = 0; x < p.cols; ++x)
+      for (int y = y0; y < y1; ++y)
+        if (p.at<cv::Vec3b>(y, x)[1] < 128) {
+          cols.push_back(x);
+          break;
+        }
+    return cols;
+  };
+  const int cells_top = p.rows - 8 - 96, title_top = cells_top - 24;
+  EXPECT_GT(title_top, 28);  // the caption wrapped onto more than one line
+  const std::vector<int> caption_cols = dark_columns(0, title_top);
+  ASSERT_FALSE(caption_cols.empty());
+  EXPECT_GE(caption_cols.front(), 8);
+  EXPECT_LT(caption_cols.back(), p.cols - 8);  // nothing cut at the right edge
+  // The second title starts in its cell and ends before the cell's right edge.
+  const std::vector<int> title_cols = dark_columns(title_top, cells_top);
+  ASSERT_FALSE(title_cols.empty());
+  EXPECT_LT(title_cols.back(), 8 + 2 * (96 + 8) - 8);
+  EXPECT_GT(title_cols.back(), 8 + 96 + 8 + 48);  // still a title, not a few letters
+  // A caption that fits stays one line.
+  EXPECT_EQ(render::panel({{"input", a}}, "ok", 96).rows, 28 + 24 + 96 + 8);
+}
+
 TEST(Images, JpegInRgbGrayAndCmykDecodesToRgb) {
   // Fixtures written by PIL: a flat (200, 100, 50) colour, also saved as CMYK; gray 90.
   auto near = [](const cv::Vec3b& a, const cv::Vec3b& b) {

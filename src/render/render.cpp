@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <sstream>
+#include <string>
 
 #include "salient/error.hpp"
 
@@ -119,6 +121,55 @@ void put_text(cv::Mat& img, const std::string& text, int x, int y, double scale)
               cv::LINE_AA);
 }
 
+int text_width(const std::string& text, double scale) {
+  int baseline = 0;
+  return cv::getTextSize(text, cv::FONT_HERSHEY_SIMPLEX, scale, 1, &baseline).width;
+}
+
+// The longest prefix of `text` that fits in `width` px with "..." after it.
+std::string elide(const std::string& text, int width, double scale) {
+  if (text_width(text, scale) <= width) return text;
+  for (size_t n = text.size(); n-- > 0;) {
+    std::string cut = text.substr(0, n) + "...";
+    if (text_width(cut, scale) <= width) return cut;
+  }
+  return "";
+}
+
+// `text` as lines no wider than `width` px: broken first at the runs of three spaces that
+// separate a caption's parts ("predicted: ...   target: ..."), then at single spaces; a
+// word wider than a line on its own is elided.
+std::vector<std::string> wrap(const std::string& text, int width, double scale) {
+  std::vector<std::string> lines;
+  std::string line;
+  auto place = [&](const std::string& piece, const std::string& sep) {
+    if (line.empty() || text_width(line + sep + piece, scale) <= width) {
+      line += (line.empty() ? "" : sep) + piece;
+    } else {
+      lines.push_back(line);
+      line = piece;
+    }
+  };
+  const std::string kPartSep = "   ";
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t end = text.find(kPartSep, start);
+    if (end == std::string::npos) end = text.size();
+    const std::string part = text.substr(start, end - start);
+    if (!part.empty() && text_width(part, scale) <= width) {
+      place(part, kPartSep);
+    } else if (!part.empty()) {
+      std::istringstream words(part);
+      std::string word, sep = kPartSep;
+      while (words >> word) place(text_width(word, scale) <= width ? word : elide(word, width, scale), sep), sep = " ";
+    }
+    start = end + kPartSep.size();
+  }
+  if (!line.empty()) lines.push_back(line);
+  for (auto& l : lines) l = elide(l, width, scale);  // a first piece may still be too wide
+  return lines;
+}
+
 }  // namespace
 
 cv::Mat panel(const std::vector<Cell>& cells, const std::string& caption, int cell_size, int per_row) {
@@ -131,21 +182,30 @@ cv::Mat panel(const std::vector<Cell>& cells, const std::string& caption, int ce
     }
     return stack_rows(rows);
   }
-  const int pad = 8, title_h = 24, caption_h = caption.empty() ? 0 : 28;
   std::vector<cv::Mat> fitted;
   int cell_h = 0;
   for (const auto& c : cells) {
     fitted.push_back(fit_cell(c.image, cell_size));
     cell_h = std::max(cell_h, fitted.back().rows);
   }
+  const int pad = 8, title_h = 24, line_h = 20;
   const int width = pad + static_cast<int>(cells.size()) * (cell_size + pad);
+  const double text_scale = std::min(0.5, cell_size / 448.0 + 0.15);
+  // Text stays inside the panel: a caption wider than it wraps onto more lines (the panel
+  // grows), a title wider than its cell shrinks a little, then is cut with "...".
+  const std::vector<std::string> lines = caption.empty() ? std::vector<std::string>{}
+                                                          : wrap(caption, width - 2 * pad, text_scale + 0.05);
+  const int caption_h = lines.empty() ? 0 : 28 + line_h * (static_cast<int>(lines.size()) - 1);
   const int height = caption_h + title_h + cell_h + pad;
   cv::Mat out(height, width, CV_8UC3, cv::Scalar(255, 255, 255));
-  const double text_scale = std::min(0.5, cell_size / 448.0 + 0.15);
-  if (!caption.empty()) put_text(out, caption, pad, caption_h - 9, text_scale + 0.05);
+  for (size_t l = 0; l < lines.size(); ++l)
+    put_text(out, lines[l], pad, 28 - 9 + line_h * static_cast<int>(l), text_scale + 0.05);
   for (size_t i = 0; i < fitted.size(); ++i) {
     int x = pad + static_cast<int>(i) * (cell_size + pad);
-    put_text(out, cells[i].title, x, caption_h + title_h - 8, text_scale);
+    double scale = text_scale;
+    const std::string& title = cells[i].title;
+    if (text_width(title, scale) > cell_size) scale = std::max(0.3, scale * cell_size / text_width(title, scale));
+    put_text(out, elide(title, cell_size, scale), x, caption_h + title_h - 8, scale);
     fitted[i].copyTo(out(cv::Rect(x, caption_h + title_h, fitted[i].cols, fitted[i].rows)));
   }
   return out;

@@ -67,7 +67,7 @@ void for_each_json_line(const std::string& path, F f) {
     f(j, where);
   }
 }
-std::vector<int64_t> parse_dims(const std::string& s, const char* flag);  // "3x224x224"
+std::vector<int64_t> parse_dims(const std::string& s, const char* flag, const char* example);  // "3x224x224"
 int64_t parse_int(const std::string& s, const char* flag);
 std::vector<float> parse_floats(const std::string& s, const char* flag);
 int64_t parse_bytes(const std::string& s, const char* flag);             // "1G", "512M", "1048576"

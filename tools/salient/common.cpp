@@ -50,14 +50,14 @@ int64_t parse_int(const std::string& s, const char* flag) {
   return v;
 }
 
-std::vector<int64_t> parse_dims(const std::string& s, const char* flag) {
+std::vector<int64_t> parse_dims(const std::string& s, const char* flag, const char* example) {
   std::vector<int64_t> dims;
   for (const auto& part : split(s, 'x')) {
     long long v = 0;
-    SALIENT_CHECK(parse_all(part, to_ll, &v) && v > 0, flag, ": '", s, "' is not a list of sizes like 3x224x224");
+    SALIENT_CHECK(parse_all(part, to_ll, &v) && v > 0, flag, ": '", s, "' is not a list of sizes like ", example);
     dims.push_back(v);
   }
-  SALIENT_CHECK(!dims.empty(), flag, ": '", s, "' is not a list of sizes like 3x224x224");
+  SALIENT_CHECK(!dims.empty(), flag, ": '", s, "' is not a list of sizes like ", example);
   return dims;
 }
 
@@ -95,8 +95,8 @@ void add_preprocess_flags(CLI::App& app, PreprocessFlags* f) {
 salient::io::Preprocess preprocess_from_flags(const PreprocessFlags& f) {
   salient::io::Preprocess pre = salient::io::Preprocess::preset(f.preset);
   if (!f.size.empty()) {
-    auto hw = parse_dims(f.size, "--size");
-    SALIENT_CHECK(hw.size() == 2, "--size: expected HxW, got '", f.size, "'");
+    auto hw = parse_dims(f.size, "--size", "224x224");
+    SALIENT_CHECK(hw.size() == 2, "--size: expected HxW like 224x224, got '", f.size, "'");
     pre.size_h = static_cast<int>(hw[0]), pre.size_w = static_cast<int>(hw[1]);
     pre.resize_shorter = pre.crop_h = pre.crop_w = 0;
   }

@@ -58,6 +58,11 @@ std::vector<Entry> load_manifest(const std::string& path, const io::Preprocess& 
   std::map<std::string, at::Tensor> npy_cache;
   for (const ManifestEntry& m : read_manifest(path)) {
     const std::string& where = m.where;
+    // A missing file is named with its manifest line and its role (the readers only know
+    // a path).
+    for (const auto& [file, role] : {std::pair<std::string, const char*>{m.source, m.index < 0 ? "image" : "tensor file"},
+                                     {m.mask, "mask"}})
+      SALIENT_CHECK(file.empty() || fs::exists(file), where, ": ", role, " '", file, "' not found");
     Entry e;
     e.name = m.key;
     e.where = where;
@@ -77,6 +82,8 @@ std::vector<Entry> load_manifest(const std::string& path, const io::Preprocess& 
     const int64_t h = e.x.size(2), w = e.x.size(3);
     if (m.has_box) {
       e.box = m.box;
+      SALIENT_CHECK(e.box[0] <= e.box[2] && e.box[1] <= e.box[3], where, ": box [", e.box[0], ", ", e.box[1], ", ",
+                    e.box[2], ", ", e.box[3], "] must have x0 <= x1 and y0 <= y1");
       SALIENT_CHECK(e.box[0] <= e.box[2] && e.box[1] <= e.box[3] && e.box[0] >= 0 && e.box[1] >= 0 && e.box[2] < w &&
                         e.box[3] < h,
                     where, ": box [", e.box[0], ", ", e.box[1], ", ", e.box[2], ", ", e.box[3],

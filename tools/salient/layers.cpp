@@ -32,7 +32,7 @@ int run_layers(const LayersArgs& a) {
     shape = {c > 0 ? c : 3, 224, 224};
     std::cerr << "no --input-size given; probing with " << dims_str(shape) << "\n";
   } else {
-    shape = parse_dims(a.input_size, "--input-size");
+    shape = parse_dims(a.input_size, "--input-size", "3x224x224");
     SALIENT_CHECK(shape.size() == 3, "--input-size: expected CxHxW, got '", a.input_size, "'");
   }
   auto layers = model.layers(shape);
