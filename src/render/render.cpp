@@ -138,7 +138,7 @@ std::string elide(const std::string& text, int width, double scale) {
 
 // `text` as lines no wider than `width` px: broken first at the runs of three spaces that
 // separate a caption's parts ("predicted: ...   target: ..."), then at single spaces; a
-// word wider than a line on its own is elided.
+// word wider than a line on its own is elided. Every piece placed fits, so every line does.
 std::vector<std::string> wrap(const std::string& text, int width, double scale) {
   std::vector<std::string> lines;
   std::string line;
@@ -166,7 +166,6 @@ std::vector<std::string> wrap(const std::string& text, int width, double scale) 
     start = end + kPartSep.size();
   }
   if (!line.empty()) lines.push_back(line);
-  for (auto& l : lines) l = elide(l, width, scale);  // a first piece may still be too wide
   return lines;
 }
 

@@ -84,8 +84,7 @@ std::vector<Entry> load_manifest(const std::string& path, const io::Preprocess& 
       e.box = m.box;
       SALIENT_CHECK(e.box[0] <= e.box[2] && e.box[1] <= e.box[3], where, ": box [", e.box[0], ", ", e.box[1], ", ",
                     e.box[2], ", ", e.box[3], "] must have x0 <= x1 and y0 <= y1");
-      SALIENT_CHECK(e.box[0] <= e.box[2] && e.box[1] <= e.box[3] && e.box[0] >= 0 && e.box[1] >= 0 && e.box[2] < w &&
-                        e.box[3] < h,
+      SALIENT_CHECK(e.box[0] >= 0 && e.box[1] >= 0 && e.box[2] < w && e.box[3] < h,
                     where, ": box [", e.box[0], ", ", e.box[1], ", ", e.box[2], ", ", e.box[3],
                     "] is not inside the ", h, "x", w, " model input");
       e.has_box = true;
