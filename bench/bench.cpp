@@ -348,10 +348,10 @@ std::vector<Row> bench_model(const std::string& label, const std::string& path, 
   rows.push_back(compare(label, "vanilla", "1 forward + input gradient", 1.0,
                          [&] { salient::vanilla_gradient(model, x, t); }, forward_and_grad, repeats));
   for (const char* m : {"input_x_gradient", "guided_backprop", "deconvnet", "fullgrad"})
-    rows.push_back(compare(label, m, "1 forward + input gradient", 1.1, [&] { salient::explain(model, x, m, t); },
+    rows.push_back(compare(label, m, "1 forward + input gradient", 1.0, [&] { salient::explain(model, x, m, t); },
                            forward_and_grad, repeats));
   rows.push_back(compare(
-      label, "guided_gradcam", "1 forward + 2 input gradients", 1.1,
+      label, "guided_gradcam", "1 forward + 2 input gradients", 1.0,
       [&] { salient::guided_gradcam(model, x, t); },
       [&] {
         at::Tensor xi = x.clone().requires_grad_(true);
@@ -372,7 +372,7 @@ std::vector<Row> bench_model(const std::string& label, const std::string& path, 
   const int64_t steps = z.ig_steps;
   rows.push_back(compare(
       label, "integrated_gradients-" + std::to_string(steps),
-      std::to_string(steps) + " forward + input gradient, one batch", 1.1,
+      std::to_string(steps) + " forward + input gradient, one batch", 1.0,
       [&] { salient::integrated_gradients(model, x, t, salient::IntegratedGradientsOptions().n_steps(steps)); },
       [&] {
         at::Tensor alphas = at::linspace(0, 1, steps).view({-1, 1, 1, 1});
@@ -645,14 +645,15 @@ int main(int argc, char** argv) {
             "Frozen prefix), so they cost less than one eager forward. Eigen-CAM runs no backward; the top "
             "eigenvector of the smaller Gram matrix of the layer's output (Lanczos, about ten matrix-vector "
             "products) is what it adds.\n"
-            "- Vanilla gradients and input x gradient, and SmoothGrad and max-sensitivity over them, run a frozen "
-            "copy of the model with BatchNorm folded into the convolutions (Autograd::Input, built once per model), "
-            "so their forward and backward skip every BatchNorm the baseline runs. Integrated Gradients keeps the "
-            "model's own graph for Captum parity (docs/methods.md, BatchNorm folding). Guided backprop and deconvnet "
-            "run the model's own graph with one hook per ReLU. FullGrad also needs the gradient at every bias "
-            "layer (the backward computes them anyway): a gradient hook turns each into its normalised term as the backward produces it, in one "
-            "read. A BatchNorm's gradient is read at the convolution before it and rescaled per channel, so the "
-            "in-place ReLU after it stays in place; the terms are what it adds to the passes.\n"
+            "- Every method whose backward reaches the input (vanilla, input x gradient, guided backprop, deconvnet, "
+            "FullGrad, Guided Grad-CAM, the shared row, and SmoothGrad and max-sensitivity over them) runs a frozen "
+            "copy of the model with BatchNorm folded into the convolutions (Autograd::Input, built once per set of "
+            "extra outputs: the CAM layer, the bias layers, the ReLUs), so its forward and backward skip every "
+            "BatchNorm the baseline runs. Integrated Gradients keeps the model's own graph for Captum parity "
+            "(docs/methods.md, BatchNorm folding). Guided backprop and deconvnet add one hook per ReLU. FullGrad "
+            "also needs the gradient at every bias layer (the backward computes them anyway): a gradient hook "
+            "turns each into its normalised term as the backward produces it, in one read; the terms are what it "
+            "adds to the passes.\n"
             "- Guided Grad-CAM and the vanilla + Grad-CAM + Guided Grad-CAM row share one forward (see "
             "docs/methods.md, Shared passes); their baselines do more work than the minimum, so these rows show the "
             "saving.\n"

@@ -5,6 +5,7 @@
 using namespace testing_salient;
 using salient::Autograd;
 using salient::Model;
+using salient::ReluGradient;
 
 namespace {
 
@@ -94,7 +95,59 @@ TEST(ModelTaps, InputModeRunsTheBatchNormFoldedCopyAndFollowsChangesToTheModule)
   auto rr = rnd.forward(x, {}, Autograd::Input);
   EXPECT_TRUE(any_batch_norm(backward_nodes(rr.output)));
   EXPECT_TRUE(at::equal(rr.output, rnd.forward(x, {}, Autograd::Full).output));
-  EXPECT_NE(msg_of([&] { model.forward(x, {"features.10"}, Autograd::Input); }).find("takes no taps"), std::string::npos);
+}
+
+TEST(ModelTaps, InputModeTakesTapsAndReluGradientsOnTheFoldedCopy) {
+  auto model = Model::load(data("reference/smallcnn_traced.pt"));
+  at::Tensor x = reference()["input"].clone().requires_grad_(true);
+  // A BatchNorm's output and a ReLU's: the taps of FullGrad and of a CAM.
+  const std::vector<std::string> taps = {"features.5", "features.10"};
+  for (ReluGradient relu : {ReluGradient::Standard, ReluGradient::Guided, ReluGradient::Deconvnet}) {
+    auto full = model.forward(x, taps, Autograd::Full, relu);
+    auto folded = model.forward(x, taps, Autograd::Input, relu);
+    EXPECT_FALSE(any_batch_norm(backward_nodes(folded.output)));
+    ASSERT_EQ(folded.taps.size(), 2u);
+    ASSERT_EQ(folded.relus.size(), full.relus.size());
+    EXPECT_EQ(folded.relus.size(), relu == ReluGradient::Standard ? 0u : 3u);
+    EXPECT_TRUE(close(folded.output, full.output, 1e-5, 1e-5));
+    for (size_t i = 0; i < taps.size(); ++i) EXPECT_TRUE(close(folded.taps[i], full.taps[i], 1e-5, 1e-5)) << taps[i];
+    salient::clamp_relu_gradients(full);
+    salient::clamp_relu_gradients(folded);
+    auto gf = torch::autograd::grad({full.output.select(1, 2).sum()}, {x, full.taps[0]});
+    auto gi = torch::autograd::grad({folded.output.select(1, 2).sum()}, {x, folded.taps[0]});
+    for (size_t i = 0; i < 2; ++i)
+      EXPECT_TRUE(close(gi[i], gf[i], 1e-5 * gf[i].abs().max().item<double>(), 1e-4)) << static_cast<int>(relu);
+  }
+  // Deconvnet's gradient is not guided backprop's (here they differ by half their size):
+  // its rewrite survives freezing.
+  auto guided = model.forward(x, {}, Autograd::Input, ReluGradient::Guided);
+  auto deconv = model.forward(x, {}, Autograd::Input, ReluGradient::Deconvnet);
+  salient::clamp_relu_gradients(guided);
+  salient::clamp_relu_gradients(deconv);
+  at::Tensor gg = torch::autograd::grad({guided.output.select(1, 2).sum()}, {x})[0];
+  at::Tensor gd = torch::autograd::grad({deconv.output.select(1, 2).sum()}, {x})[0];
+  EXPECT_FALSE(close(gg, gd, 1e-3 * gd.abs().max().item<double>(), 1e-3));
+  const auto names = model.frozen_copies();
+  for (const char* name : {"folded|standard|features.5|features.10", "folded|guided|features.5|features.10",
+                           "folded|deconvnet|features.5|features.10", "folded|guided", "folded|deconvnet"})
+    EXPECT_NE(std::find(names.begin(), names.end(), name), names.end()) << name;
+}
+
+TEST(ModelTaps, InputModeRunsTheModelsOwnGraphWhenItDetachesAValue) {
+  // Freezing drops aten::detach: a folded copy would differentiate through it.
+  torch::jit::Module m("StopGradient");
+  m.register_parameter("w", at::full({2, 3}, 0.5), false);
+  m.define(R"(
+def forward(self, x):
+    f = torch.flatten(x, 1)[:, :3]
+    return torch.matmul(f * f.detach(), self.w.t())
+)");
+  Model model = Model::from_module(m);
+  at::Tensor x = at::arange(1, 5, at::kFloat).view({1, 1, 2, 2}).requires_grad_(true);
+  at::Tensor g = torch::autograd::grad({model.forward(x, {}, Autograd::Input).output.select(1, 0).sum()}, {x})[0];
+  // d/dx (x · stop(x)) · 0.5 = 0.5 x, not x.
+  EXPECT_TRUE(at::allclose(g.flatten(), at::tensor({0.5f, 1.0f, 1.5f, 0.0f})));
+  EXPECT_TRUE(model.frozen_copies().empty());
 }
 
 TEST(ModelTaps, FromTapsRecordsNoGraphBeforeTheLayer) {
@@ -302,19 +355,19 @@ TEST(ModelBias, BiasLayersFollowInPlaceWritesAndReplacedTensors) {
   at::Tensor expected = first[1].bias - w / at::sqrt(var + 1e-5);
   EXPECT_TRUE(at::allclose(model.bias_layers()[1].bias, expected, 1e-5, 1e-6));
 
-  // The BatchNorm's gradient is read at its input, the conv's output, and rescaled by
-  // 1 / (w / sqrt(var + eps)); a zero weight would lose it there, so the BatchNorm's own
-  // output is tapped then.
-  EXPECT_EQ(first[1].tap, "features.0");
-  EXPECT_EQ(first[0].tap, "features.0");
-  EXPECT_FALSE(first[0].tap_scale.defined());
-  EXPECT_TRUE(at::allclose(model.bias_layers()[1].tap_scale, at::sqrt(var + 1e-5) / w, 1e-5, 1e-6));
+  // The conv's gradient is read at the BatchNorm it feeds alone, rescaled by the
+  // BatchNorm's factor w / sqrt(var + eps) (a tap at the conv would keep the pair from
+  // folding); the BatchNorm is read at its own output. A zero factor zeroes the conv's
+  // gradient, as it is.
+  EXPECT_EQ(first[0].tap, "features.1");
+  EXPECT_EQ(first[1].tap, "features.1");
+  EXPECT_FALSE(first[1].tap_scale.defined());
+  EXPECT_TRUE(at::allclose(model.bias_layers()[0].tap_scale, w / at::sqrt(var + 1e-5), 1e-5, 1e-6));
   {
     at::NoGradGuard g;
     bn.attr("weight").toTensor()[0] = 0.0;
   }
-  EXPECT_EQ(model.bias_layers()[1].tap, "features.1");
-  EXPECT_FALSE(model.bias_layers()[1].tap_scale.defined());
+  EXPECT_EQ(model.bias_layers()[0].tap_scale[0].item<float>(), 0.0f);
 
   // A conv bias replaced by a new tensor is seen too.
   auto conv = features.attr("0").toModule();

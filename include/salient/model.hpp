@@ -32,11 +32,12 @@ enum class Autograd {
   Full,      // graph from whatever requires grad (the input, usually) to the output
   FromTaps,  // tapped outputs become graph leaves: a backward from the output stops there,
              // and nothing before the taps is recorded (Grad-CAM's minimal cost)
-  Input,     // like Full, for a backward to the input only: runs a frozen copy with every
-             // BatchNorm folded into its convolution (torch::jit::freeze, built on first
-             // use), so neither pass spends time on BatchNorm. Numerically close to Full,
-             // not equal. Takes no taps and the standard ReLU gradient; a randomized() copy,
-             // or a model that cannot be frozen, runs Full instead.
+  Input,     // like Full, but runs a frozen copy with every BatchNorm folded into its
+             // convolution (torch::jit::freeze, built on first use per set of taps and ReLU
+             // gradient), so neither pass spends time on BatchNorm. Numerically close to
+             // Full, not equal. A tap at a convolution keeps its BatchNorm apart (tap the
+             // BatchNorm instead); a randomized() copy, or a model that cannot be frozen,
+             // runs Full instead.
 };
 
 // The number format of Model::infer's copy. BFloat16 runs about 1.5-2x as fast on CPUs
@@ -83,9 +84,9 @@ struct BiasLayer {
   std::string kind;  // "Conv2d" or "BatchNorm2d"
   at::Tensor bias;   // [C]
   // Where the gradient at this layer's output is read: the layer itself, or for a
-  // BatchNorm whose input is another module's output used by nothing else, that module
-  // (tapping it leaves the in-place ReLU after the BatchNorm in place); the gradient there
-  // times tap_scale [C] (1 / the BatchNorm's per-channel factor) is the one at the output.
+  // convolution whose output goes to a BatchNorm and nothing else, that BatchNorm (a tap at
+  // the convolution would keep Autograd::Input from folding the pair); the gradient there
+  // times tap_scale [C] (the BatchNorm's per-channel factor) is the one at the output.
   std::string tap;
   at::Tensor tap_scale;  // undefined: 1
 };
@@ -123,8 +124,10 @@ class Model {
   // float32 outputs.
   at::Tensor infer(const at::Tensor& x, Precision precision = Precision::Float32) const;
 
-  // The frozen copies built so far: "infer", "infer-bf16", "folded" (Autograd::Input),
-  // "prefix|<layer>" (forward's split at a tap). Each holds its own (folded) weights.
+  // The frozen copies built so far: "infer", "infer-bf16", "folded" (Autograd::Input;
+  // "folded|guided|<taps>..." with taps or another ReLU gradient), "prefix|<layer>"
+  // (forward's split at a tap). Each holds its own (folded) weights, except that the
+  // Autograd::Input copies share the weight tensors they have in common.
   std::vector<std::string> frozen_copies() const;
 
   // One forward without autograd that keeps what run_from_layer needs.

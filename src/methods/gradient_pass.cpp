@@ -378,10 +378,9 @@ GradientPass gradient_pass(const Model& model, const at::Tensor& x, const Target
   // its input cannot touch the caller's data.
   const bool to_input = input_grad || guided;
   at::Tensor leaf = to_input ? p.x.clone().requires_grad_(true) : p.x;
-  // The input gradient alone runs the BatchNorm-folded copy; taps and ReLU hooks need the
-  // model's own graph.
-  Autograd mode = !to_input ? (cam_grad ? Autograd::FromTaps : Autograd::Off)
-                  : taps.empty() && !guided ? Autograd::Input : Autograd::Full;
+  // A backward to the input runs the BatchNorm-folded copy (with the taps and ReLU
+  // outputs as extra outputs).
+  Autograd mode = !to_input ? (cam_grad ? Autograd::FromTaps : Autograd::Off) : Autograd::Input;
   auto fr = model.forward(leaf, taps, mode, guided ? ReluGradient::Guided : ReluGradient::Standard);
   const int64_t n = p.x.size(0);
   p.forward_samples = n;

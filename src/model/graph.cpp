@@ -181,6 +181,43 @@ TapGraph::TapGraph(const std::shared_ptr<Graph>& forward) : inlined_(forward->co
   }
 }
 
+void unmask_relus(Graph& g, std::vector<Value*>* relu_outs) {
+  std::map<Value*, Value*> done;  // a ReLU listed twice is rewritten once
+  for (Value*& r : *relu_outs) {
+    auto it = done.find(r);
+    if (it != done.end()) {
+      r = it->second;
+      continue;
+    }
+    Node* relu = r->node();
+    const std::string kind = relu->kind().toQualString();
+    if (kind != "aten::relu" && kind != "aten::relu_")
+      throw std::runtime_error("unmask_relus: " + kind + " is not a ReLU");
+    // y = x - min(x, 0) with the min off the tape: the value of relu(x), but d y / d x = 1,
+    // so the backward passes through unmasked. Two elementwise ops replace the ReLU and
+    // autograd records one subtraction that saves nothing.
+    Value* x = relu->input(0);
+    torch::jit::WithInsertPoint guard(relu->next());
+    Value* off_tape = g.insert(c10::aten::detach, {x});
+    Value* negative = g.insert(c10::aten::clamp_max, {off_tape, 0});
+    Value* y = g.insert(c10::aten::sub, {x, negative});
+    // Every use of the ReLU comes after it, and none is among the new nodes: all go to y.
+    r->replaceAllUsesWith(y);
+    relu->destroy();
+    done[r] = y;
+    r = y;
+  }
+}
+
+bool TapGraph::stops_gradients() const {
+  std::vector<Node*> all;
+  collect_nodes(graph_->block(), &all);
+  return std::any_of(all.begin(), all.end(), [](Node* n) {
+    const std::string kind = n->kind().toQualString();
+    return kind == "aten::detach" || kind == "aten::detach_";
+  });
+}
+
 std::shared_ptr<Graph> TapGraph::with_taps(const std::vector<ValueRef>& requested, bool leaves, int relus,
                                            size_t* n_relus) const {
   auto g = inlined_->copy();
@@ -200,23 +237,10 @@ std::shared_ptr<Graph> TapGraph::with_taps(const std::vector<ValueRef>& requeste
   std::vector<Value*> values(all.begin(), all.begin() + requested.size());
   std::vector<Value*> relu_outs(all.begin() + requested.size(), all.end());
   if (relus == 2) {
-    for (Value*& r : relu_outs) {
-      // y = x - min(x, 0) with the min off the tape: the value of relu(x), but d y / d x = 1,
-      // so the backward passes through unmasked. Two elementwise ops replace the ReLU and
-      // autograd records one subtraction that saves nothing.
-      Node* relu = r->node();
-      Value* x = relu->input(0);
-      torch::jit::WithInsertPoint guard(relu->next());
-      Value* off_tape = g->insert(c10::aten::detach, {x});
-      Value* negative = g->insert(c10::aten::clamp_max, {off_tape, 0});
-      Value* y = g->insert(c10::aten::sub, {x, negative});
-      // Every use of the ReLU comes after it, and none is among the new nodes: all go to y,
-      // and so does a requested tap at the ReLU (registered as an output only below).
-      r->replaceAllUsesWith(y);
-      std::replace(values.begin(), values.end(), r, y);
-      relu->destroy();
-      r = y;
-    }
+    const std::vector<Value*> before(relu_outs);
+    unmask_relus(*g, &relu_outs);
+    // A requested tap at a ReLU follows it (registered as an output only below).
+    for (size_t i = 0; i < before.size(); ++i) std::replace(values.begin(), values.end(), before[i], relu_outs[i]);
   }
 
   std::vector<Value*> outs(values);

@@ -24,6 +24,12 @@ struct ModuleOutput {
   ValueRef ref;
 };
 
+// Rewrites the ReLUs producing `relu_outs` (aten::relu or relu_ nodes of `g`) so that the
+// backward passes through them unmasked (deconvnet), forward values unchanged; each entry
+// becomes the value that replaces the ReLU's output. Throws std::runtime_error for a value
+// that no ReLU produces.
+void unmask_relus(torch::jit::Graph& g, std::vector<torch::jit::Value*>* relu_outs);
+
 class TapGraph {
  public:
   // Copies `forward`, inlines every call, and finds, for every module, the value its
@@ -62,6 +68,10 @@ class TapGraph {
   // depend on removed. A method graph of the module the TapGraph was built from, for
   // freezing as its forward.
   std::shared_ptr<torch::jit::Graph> prefix(const std::vector<ValueRef>& values) const;
+
+  // Whether the model's forward detaches a value (stops a gradient): torch::jit::freeze
+  // drops aten::detach, so a frozen copy of such a model would differentiate through it.
+  bool stops_gradients() const;
 
   // A copy that also returns every tensor a top-level node produces (memory probe).
   std::shared_ptr<torch::jit::Graph> with_all_values() const;

@@ -10,6 +10,9 @@
 
 #include <algorithm>
 #include <fstream>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <mutex>
 #include <optional>
 #include <set>
@@ -133,6 +136,8 @@ struct Model::Impl {
   struct Frozen {
     std::unique_ptr<torch::jit::Module> module;  // null when building it failed
     std::unique_ptr<torch::jit::Code> code;      // Autograd::Input: its forward graph
+    size_t n_relus = 0;                          // Autograd::Input with a ReLU rewrite
+    bool packed = false;  // Autograd::Input with taps or ReLUs: one tuple of all outputs
     std::string error;
     std::vector<std::pair<at::Tensor, int64_t>> made_from;
   };
@@ -176,8 +181,101 @@ struct Model::Impl {
       next->error = brief(e);
     }
     f = next;
+#if defined(__GLIBC__)
+    // The clone's tensors and freezing's intermediates (a model's weights, twice) are
+    // free now; without this glibc keeps most of them in its heap for good.
+    malloc_trim(0);
+#endif
     return f;
   }
+  // Replaces the forward of `copy` (a clone: its class is its own) by `graph`, a graph of
+  // the same module (its self type is the copy's class).
+  static void set_forward(torch::jit::Module& copy, const std::shared_ptr<torch::jit::Graph>& graph) {
+    auto type = copy.type();
+    type->unsafeRemoveMethod("forward");
+    auto* fn = copy._ivalue()->compilation_unit()->create_function(c10::QualifiedName(*type->name(), "forward"),
+                                                                    graph, /*shouldMangle=*/true);
+    type->addMethod(fn);
+  }
+
+  // Autograd::Input's copy for these taps and ReLU gradient: the graph compile() would run
+  // for Autograd::Full, frozen, so that every BatchNorm whose convolution's output goes to
+  // it alone is folded into that convolution (a tap at such a convolution keeps the pair
+  // apart). The first variant holds its own folded weights; later ones share every weight
+  // tensor equal to one an existing variant holds, so a variant costs its graph, not
+  // another copy of the model's weights.
+  std::shared_ptr<const Frozen> folded_copy(const std::vector<std::string>& taps, ReluGradient relu) const {
+    std::string key = kFolded;
+    if (!taps.empty() || relu != ReluGradient::Standard) {
+      key += relu == ReluGradient::Guided ? "|guided" : relu == ReluGradient::Deconvnet ? "|deconvnet" : "|standard";
+      for (const auto& t : taps) key += "|" + t;
+    }
+    return frozen_copy(key, [&](torch::jit::Module& copy, Frozen* f) {
+      if (graph->stops_gradients()) throw std::runtime_error("the model detaches values (freezing drops that)");
+      if (key != kFolded) {
+        model::TapGraph g(copy.get_method("forward").graph());
+        std::vector<model::ValueRef> refs;
+        for (const auto& t : taps) refs.push_back(g.module_outputs().at(t).ref);
+        // Deconvnet's rewrite waits until after freezing: it would drop the rewrite's detach.
+        auto tapped = g.with_taps(refs, /*leaves=*/false, relu == ReluGradient::Standard ? 0 : 1, &f->n_relus);
+        // A method returns one value: the outputs leave as one tuple, unpacked after a run.
+        std::vector<torch::jit::Value*> outs(tapped->outputs().begin(), tapped->outputs().end());
+        while (!tapped->outputs().empty()) tapped->eraseOutput(0);
+        torch::jit::Node* tuple = tapped->createTuple(outs);
+        tapped->appendNode(tuple);
+        tapped->registerOutput(tuple->output());
+        set_forward(copy, tapped);
+        f->packed = true;
+      }
+      // Only freeze: optimize_for_inference's oneDNN layouts have no autograd.
+      f->module = std::make_unique<torch::jit::Module>(torch::jit::freeze(copy));
+      auto frozen_graph = f->module->get_method("forward").graph();
+      if (relu == ReluGradient::Deconvnet) {
+        // The ReLU outputs are the last values of the output tuple.
+        torch::jit::Node* tuple = frozen_graph->outputs()[0]->node();
+        if (tuple->kind() != c10::prim::TupleConstruct || tuple->inputs().size() < f->n_relus)
+          throw std::runtime_error("the frozen graph lost its output tuple");
+        std::vector<torch::jit::Value*> relus(tuple->inputs().end() - f->n_relus, tuple->inputs().end());
+        model::unmask_relus(*frozen_graph, &relus);
+      }
+      share_weights(*frozen_graph, key);
+      f->code = std::make_unique<torch::jit::Code>(frozen_graph, "salient_folded");
+    });
+  }
+
+  // Points each tensor constant of `graph` that equals (same shape, type and values) one
+  // held by another live Autograd::Input copy at that one instead. Called with frozen_mu
+  // held (inside frozen_copy's build).
+  void share_weights(torch::jit::Graph& graph, const std::string& key) const {
+    std::multimap<std::vector<int64_t>, at::Tensor> held;
+    for (const auto& kv : frozen) {
+      if (kv.first == key || kv.first.rfind(kFolded, 0) != 0 || !kv.second || !kv.second->module) continue;
+      for (torch::jit::Node* n : kv.second->module->get_method("forward").graph()->nodes())
+        if (n->kind() == c10::prim::Constant && n->hasAttribute(c10::attr::value) &&
+            n->kindOf(c10::attr::value) == torch::jit::AttributeKind::t) {
+          const at::Tensor& t = n->t(c10::attr::value);
+          held.emplace(t.sizes().vec(), t);
+        }
+    }
+    if (held.empty()) return;
+    for (torch::jit::Node* n : graph.nodes()) {
+      if (n->kind() != c10::prim::Constant || !n->hasAttribute(c10::attr::value) ||
+          n->kindOf(c10::attr::value) != torch::jit::AttributeKind::t)
+        continue;
+      const at::Tensor t = n->t(c10::attr::value);
+      auto range = held.equal_range(t.sizes().vec());
+      for (auto it = range.first; it != range.second; ++it) {
+        const at::Tensor& h = it->second;
+        if (h.is_same(t)) break;
+        if (h.scalar_type() == t.scalar_type() && h.device() == t.device() && h.strides() == t.strides() &&
+            at::equal(h, t)) {
+          n->t_(c10::attr::value, h);
+          break;
+        }
+      }
+    }
+  }
+
   // bias_layers(): the layers found once, each with the tensors its bias derives from
   // (conv: bias; BatchNorm: bias, running_mean, weight, running_var) as last seen.
   struct BiasEntry {
@@ -185,6 +283,7 @@ struct Model::Impl {
     torch::jit::Module module;
     double eps;                         // BatchNorm only
     std::string input_module;           // BatchNorm only: the module whose output is its sole input
+    at::Tensor factor;                  // BatchNorm only: y = factor · x + bias, as last computed
     std::vector<at::Tensor> sources;    // as of the last computation
     std::vector<int64_t> versions;
   };
@@ -259,12 +358,7 @@ struct Model::Impl {
       // same node tags.
       model::TapGraph copy_graph(copy.get_method("forward").graph());
       auto prefix = copy_graph.prefix(refs);
-      // The copy's class is its own (clone() makes new types): its forward becomes the prefix.
-      auto type = copy.type();
-      type->unsafeRemoveMethod("forward");
-      auto* fn = copy._ivalue()->compilation_unit()->create_function(c10::QualifiedName(*type->name(), "forward"),
-                                                                      prefix, /*shouldMangle=*/true);
-      type->addMethod(fn);
+      set_forward(copy, prefix);
       torch::jit::Module frozen = torch::jit::freeze(copy);
       fr->module = std::make_unique<torch::jit::Module>(torch::jit::optimize_for_inference(frozen));
     });
@@ -460,14 +554,7 @@ ForwardResult Model::forward(const at::Tensor& x, const std::vector<std::string>
   for (const auto& t : taps) check_layer(t);
   std::shared_ptr<const Impl::Frozen> folded;
   if (autograd == Autograd::Input) {
-    SALIENT_CHECK(taps.empty() && relu == ReluGradient::Standard, "model '", impl_->name,
-                  "': Autograd::Input takes no taps and the standard ReLU gradient (use Autograd::Full)");
-    if (impl_->fold)
-      folded = impl_->frozen_copy(Impl::kFolded, [](torch::jit::Module& copy, Impl::Frozen* f) {
-        // Only freeze: optimize_for_inference's oneDNN layouts have no autograd.
-        f->module = std::make_unique<torch::jit::Module>(torch::jit::freeze(copy));
-        f->code = std::make_unique<torch::jit::Code>(f->module->get_method("forward").graph(), "salient_folded");
-      });
+    if (impl_->fold) folded = impl_->folded_copy(taps, relu);
     if (folded && !folded->module) folded.reset();  // cannot be frozen
     if (!folded) autograd = Autograd::Full;         // the model's own graph
   }
@@ -479,6 +566,13 @@ ForwardResult Model::forward(const at::Tensor& x, const std::vector<std::string>
   if (folded) {
     at::AutoGradMode enable(true);
     stack = impl_->run(*folded->code, x, folded->module.get());
+    n_relus = folded->n_relus;
+    if (folded->packed) {
+      SALIENT_CHECK(stack.size() == 1 && stack[0].isTuple(), "internal: folded copy of model '", impl_->name,
+                    "' returned no tuple");
+      const auto elements = stack[0].toTupleRef().elements();
+      stack.assign(elements.begin(), elements.end());
+    }
   } else if (stack.empty()) {
     auto compiled = impl_->compile(taps, autograd, relu);
     n_relus = compiled->n_relus;
@@ -730,7 +824,7 @@ std::vector<BiasLayer> Model::bias_layers() const {
       if (mod == by_path.end() || tap == outs.end()) continue;
       if (m.second == "Conv2d") {
         if (tensor_attr(mod->second, "bias").defined())
-          cache.push_back({{m.first, m.second, {}, m.first, {}}, mod->second, 0.0, "", {}, {}});
+          cache.push_back({{m.first, m.second, {}, m.first, {}}, mod->second, 0.0, "", {}, {}, {}});
         continue;
       }
       // BatchNorm: eps is a constant argument of the batch_norm op, not a module attribute.
@@ -753,7 +847,7 @@ std::vector<BiasLayer> Model::bias_layers() const {
             break;
           }
         }
-      cache.push_back({{m.first, m.second, {}, m.first, {}}, mod->second, eps->toDouble(), input_module, {}, {}});
+      cache.push_back({{m.first, m.second, {}, m.first, {}}, mod->second, eps->toDouble(), input_module, {}, {}, {}});
     }
     impl_->bias_scanned = true;
   }
@@ -778,17 +872,26 @@ std::vector<BiasLayer> Model::bias_layers() const {
       if (conv) {
         e.layer.bias = src[0].detach().clone();
       } else {
-        const at::Tensor factor = src[2] / at::sqrt(src[3] + e.eps);  // y = factor · x + bias
-        e.layer.bias = src[0] - src[1] * factor;
-        // A zero factor would lose the gradient at the input: read it at the output then.
-        const bool via_input = !e.input_module.empty() && (factor != 0).all().item<bool>();
-        e.layer.tap = via_input ? e.input_module : e.layer.path;
-        e.layer.tap_scale = via_input ? 1.0 / factor : at::Tensor();
+        e.factor = src[2] / at::sqrt(src[3] + e.eps);
+        e.layer.bias = src[0] - src[1] * e.factor;
       }
       e.sources = std::move(src);
       e.versions = std::move(versions);
     }
     out.push_back(e.layer);
+  }
+  // A convolution whose output goes to a BatchNorm alone is read at the BatchNorm's output,
+  // rescaled by its factor (d/d conv = factor · d/d BatchNorm): a tap at the convolution
+  // would keep the pair from folding.
+  for (auto& l : out) {
+    if (l.kind != "Conv2d") continue;
+    l.tap = l.path, l.tap_scale = at::Tensor();
+    for (const auto& e : cache)
+      if (e.layer.kind == "BatchNorm2d" && e.input_module == l.path && e.factor.defined() &&
+          std::any_of(out.begin(), out.end(), [&](const BiasLayer& b) { return b.path == e.layer.path; })) {
+        l.tap = e.layer.path, l.tap_scale = e.factor;
+        break;
+      }
   }
   return out;
 }
