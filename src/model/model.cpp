@@ -836,7 +836,7 @@ std::vector<BiasLayer> Model::bias_layers() const {
       for (const char* a : kSources) all = all && tensor_attr(mod->second, a).defined();
       if (!all) continue;
       // The module (a convolution, usually) whose output is this BatchNorm's input and
-      // nothing else's: its gradient, rescaled per channel, is the one at the BatchNorm.
+      // nothing else's: its gradient is the BatchNorm's rescaled per channel (see below).
       std::string input_module;
       torch::jit::Value* in = node->input(0);
       if (in->uses().size() == 1)
