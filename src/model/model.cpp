@@ -247,21 +247,22 @@ struct Model::Impl {
   // held by another live Autograd::Input copy at that one instead. Called with frozen_mu
   // held (inside frozen_copy's build).
   void share_weights(torch::jit::Graph& graph, const std::string& key) const {
+    auto tensor_constant = [](torch::jit::Node* n) {
+      return n->kind() == c10::prim::Constant && n->hasAttribute(c10::attr::value) &&
+             n->kindOf(c10::attr::value) == torch::jit::AttributeKind::t;
+    };
     std::multimap<std::vector<int64_t>, at::Tensor> held;
     for (const auto& kv : frozen) {
       if (kv.first == key || kv.first.rfind(kFolded, 0) != 0 || !kv.second || !kv.second->module) continue;
       for (torch::jit::Node* n : kv.second->module->get_method("forward").graph()->nodes())
-        if (n->kind() == c10::prim::Constant && n->hasAttribute(c10::attr::value) &&
-            n->kindOf(c10::attr::value) == torch::jit::AttributeKind::t) {
+        if (tensor_constant(n)) {
           const at::Tensor& t = n->t(c10::attr::value);
           held.emplace(t.sizes().vec(), t);
         }
     }
     if (held.empty()) return;
     for (torch::jit::Node* n : graph.nodes()) {
-      if (n->kind() != c10::prim::Constant || !n->hasAttribute(c10::attr::value) ||
-          n->kindOf(c10::attr::value) != torch::jit::AttributeKind::t)
-        continue;
+      if (!tensor_constant(n)) continue;
       const at::Tensor t = n->t(c10::attr::value);
       auto range = held.equal_range(t.sizes().vec());
       for (auto it = range.first; it != range.second; ++it) {
