@@ -43,6 +43,8 @@ CliRun salient_cli(const std::string& args);
 
 // A scripted module built in C++ with torch::jit::Module::define.
 torch::jit::Module linear_model(const at::Tensor& weight, const at::Tensor& bias);
-torch::jit::Module one_conv_model(const at::Tensor& conv_w, const at::Tensor& conv_b, const at::Tensor& fc_w);
+// one_conv_model: logits = mean(conv(x)) · fc_wᵀ, or mean(conv(x)²) · fc_wᵀ when squared.
+torch::jit::Module one_conv_model(const at::Tensor& conv_w, const at::Tensor& conv_b, const at::Tensor& fc_w,
+                                  bool squared = false);
 
 }  // namespace testing_salient

@@ -95,8 +95,10 @@ def forward(self, x):
   return m;
 }
 
-torch::jit::Module one_conv_model(const at::Tensor& conv_w, const at::Tensor& conv_b, const at::Tensor& fc_w) {
-  torch::jit::Module conv("ConvOnly");
+torch::jit::Module one_conv_model(const at::Tensor& conv_w, const at::Tensor& conv_b, const at::Tensor& fc_w,
+                                  bool squared) {
+  // Named like torch.nn.Conv2d: FullGrad finds bias layers by class name.
+  torch::jit::Module conv("Conv2d");
   conv.register_parameter("weight", conv_w.clone(), false);
   conv.register_parameter("bias", conv_b.clone(), false);
   conv.define(R"(
@@ -106,7 +108,12 @@ def forward(self, x):
   torch::jit::Module m("OneConv");
   m.register_module("conv", conv);
   m.register_parameter("fc_weight", fc_w.clone(), false);
-  m.define(R"(
+  m.define(squared ? R"(
+def forward(self, x):
+    a = self.conv.forward(x)
+    return torch.matmul(torch.mean(a * a, [2, 3]), self.fc_weight.t())
+)"
+                   : R"(
 def forward(self, x):
     a = self.conv.forward(x)
     return torch.matmul(torch.mean(a, [2, 3]), self.fc_weight.t())

@@ -198,6 +198,38 @@ TEST(FullGrad, MapIsTheSameOnOneThreadAndOnSeveral) {
   EXPECT_TRUE(close(one.map, several.map, 1e-6, 1e-5));
 }
 
+TEST(FullGrad, SquaredConvModelEqualsHandComputedMapAtSizesOffTheVectorWidth) {
+  // logit_t = Σ_c V[t,c] mean(A_c²) with A = conv(x) + b: d logit_t / d A = 2 A V[t] / (h w),
+  // which varies over positions, so every bias term has a real range. 9×11 inputs (99
+  // positions, 7×9 = 63 after the conv) leave remainders after the 8- and 16-wide loops;
+  // negative biases check |b_c · g| = |b_c|·|g|.
+  const int64_t c = 6, k = 3;
+  at::Tensor cw = at::randn({c, 3, 3, 3}), cb = at::randn({c}), fw = at::randn({k, c});
+  cb[0] = -std::abs(cb[0].item<float>());
+  auto model = Model::from_module(one_conv_model(cw, cb, fw, /*squared=*/true), "squared_conv");
+  at::Tensor x = at::randn({2, 3, 9, 11});
+  auto a = salient::fullgrad(model, x, Target::per_sample({2, 0}));
+  ASSERT_EQ(a.map.sizes(), (std::vector<int64_t>{2, 1, 9, 11}));
+  // Σ_c (t_c - min t_c) / (max t_c - min t_c + 1e-7), in double.
+  auto norm_sum = [](const at::Tensor& t) {
+    at::Tensor lo = t.amin({1, 2}, true), hi = t.amax({1, 2}, true);
+    return ((t - lo) / (hi - lo + 1e-7)).sum(0, true);
+  };
+  at::Tensor xd = x.to(at::kDouble), wd = cw.to(at::kDouble), bd = cb.to(at::kDouble), vd = fw.to(at::kDouble);
+  for (int64_t n = 0; n < 2; ++n) {
+    const int64_t t = n == 0 ? 2 : 0;
+    at::Tensor xi = xd[n].unsqueeze(0).requires_grad_(true);
+    at::Tensor act = at::conv2d(xi, wd, bd);  // [1, c, 7, 9]
+    at::Tensor score = ((act * act).mean({2, 3})[0] * vd[t]).sum();
+    at::Tensor gx = torch::autograd::grad({score}, {xi})[0];
+    at::Tensor ga = 2 * act.detach() * vd[t].view({1, c, 1, 1}) / (7.0 * 9.0);
+    at::Tensor input_term = norm_sum((xi.detach() * gx)[0].abs());
+    at::Tensor bias_term = norm_sum((bd.view({c, 1, 1}) * ga[0]).abs());
+    at::Tensor expected = input_term + at::upsample_bilinear2d(bias_term.unsqueeze(0), {9, 11}, false)[0];
+    EXPECT_TRUE(close(a.map[n].to(at::kDouble), expected, 1e-5, 1e-4)) << "sample " << n;
+  }
+}
+
 TEST(SmoothGrad, ChunkedWithATinyBudgetEqualsOneBigBatch) {
   auto model = Model::load(data("reference/smallcnn_traced.pt"));
   at::Tensor x = reference()["input"];

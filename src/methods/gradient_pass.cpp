@@ -3,8 +3,8 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
 #endif
 
 #include <algorithm>
@@ -241,31 +241,77 @@ at::Tensor principal_projection(const at::Tensor& m, const std::string& method, 
   return m.scalar_type() == out.scalar_type() ? out : out.to(m.scalar_type());
 }
 
-// Min and max of |s·row[i]| over i < n; *nan is 0 unless some row[i] is NaN or infinite
-// (row[i] - row[i] is NaN then). A hand-vectorised loop on x86: compilers do not vectorise
-// floating-point min/max reductions without fast-math.
-void channel_range(const float* row, int64_t n, float s, float* mn, float* mx, float* nan) {
-  int64_t i = 0;
-  float lo = std::abs(s * row[0]), hi = lo, bad = 0;
-#if defined(__SSE2__)
-  const __m128 sign = _mm_set1_ps(-0.0f), vs = _mm_set1_ps(s);
-  __m128 vlo = _mm_set1_ps(lo), vhi = vlo, vbad = _mm_setzero_ps();
-  for (; i + 4 <= n; i += 4) {
-    const __m128 g = _mm_loadu_ps(row + i);
-    const __m128 v = _mm_andnot_ps(sign, _mm_mul_ps(vs, g));
-    vlo = _mm_min_ps(vlo, v);
-    vhi = _mm_max_ps(vhi, v);
-    vbad = _mm_add_ps(vbad, _mm_sub_ps(g, g));
-  }
-  float l4[4], h4[4], b4[4];
-  _mm_storeu_ps(l4, vlo), _mm_storeu_ps(h4, vhi), _mm_storeu_ps(b4, vbad);
-  for (int j = 0; j < 4; ++j) lo = std::min(lo, l4[j]), hi = std::max(hi, h4[j]), bad += b4[j];
-#endif
-  for (; i < n; ++i) {
-    const float v = std::abs(s * row[i]);
+// Min and max of |row[i]| over i < n; *nan is 0 unless some row[i] is NaN or infinite
+// (row[i] - row[i] is NaN then). Compilers do not vectorise floating-point min/max
+// reductions without fast-math: x86 CPUs with AVX2 run the hand-vectorised loop below.
+void abs_range_portable(const float* row, int64_t n, float* mn, float* mx, float* nan) {
+  float lo = std::numeric_limits<float>::infinity(), hi = 0, bad = 0;  // n = 0: neutral
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = std::abs(row[i]);
     lo = std::min(lo, v), hi = std::max(hi, v), bad += row[i] - row[i];
   }
   *mn = lo, *mx = hi, *nan = bad;
+}
+
+// a[i] += k·|row[i]| (compilers vectorise this one).
+void add_abs_portable(float* a, const float* row, int64_t n, float k) {
+  for (int64_t i = 0; i < n; ++i) a[i] += k * std::abs(row[i]);
+}
+
+// The same two loops in AVX2, chosen at run time (the build targets baseline x86-64). Two
+// accumulators each: one serialises the loop on the min/max latency. About 3x the
+// throughput of the SSE2 loop this replaced on FullGrad's terms (ResNet-50: 11M values).
+#if defined(__GNUC__) && defined(__x86_64__)
+#define SALIENT_AVX2_KERNELS 1
+__attribute__((target("avx2"))) void abs_range_avx2(const float* row, int64_t n, float* mn, float* mx, float* nan) {
+  int64_t i = 0;
+  float lo = std::abs(row[0]), hi = lo, bad = 0;
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 lo0 = _mm256_set1_ps(lo), hi0 = lo0, lo1 = lo0, hi1 = lo0, vbad = _mm256_setzero_ps();
+  for (; i + 16 <= n; i += 16) {
+    const __m256 g0 = _mm256_loadu_ps(row + i), g1 = _mm256_loadu_ps(row + i + 8);
+    const __m256 v0 = _mm256_andnot_ps(sign, g0), v1 = _mm256_andnot_ps(sign, g1);
+    lo0 = _mm256_min_ps(lo0, v0), hi0 = _mm256_max_ps(hi0, v0), lo1 = _mm256_min_ps(lo1, v1), hi1 = _mm256_max_ps(hi1, v1);
+    vbad = _mm256_add_ps(vbad, _mm256_add_ps(_mm256_sub_ps(g0, g0), _mm256_sub_ps(g1, g1)));
+  }
+  float l8[8], h8[8], b8[8];
+  _mm256_storeu_ps(l8, _mm256_min_ps(lo0, lo1)), _mm256_storeu_ps(h8, _mm256_max_ps(hi0, hi1)), _mm256_storeu_ps(b8, vbad);
+  for (int j = 0; j < 8; ++j) lo = std::min(lo, l8[j]), hi = std::max(hi, h8[j]), bad += b8[j];
+  float tlo, thi, tbad;  // the remainder
+  abs_range_portable(row + i, n - i, &tlo, &thi, &tbad);
+  *mn = std::min(lo, tlo), *mx = std::max(hi, thi), *nan = bad + tbad;
+}
+
+__attribute__((target("avx2"))) void add_abs_avx2(float* a, const float* row, int64_t n, float k) {
+  int64_t i = 0;
+  const __m256 sign = _mm256_set1_ps(-0.0f), vk = _mm256_set1_ps(k);
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(a + i, _mm256_add_ps(_mm256_loadu_ps(a + i), _mm256_mul_ps(vk, _mm256_andnot_ps(sign, _mm256_loadu_ps(row + i)))));
+  add_abs_portable(a + i, row + i, n - i, k);
+}
+#endif
+
+bool has_avx2() {
+#if defined(SALIENT_AVX2_KERNELS)
+  static const bool yes = __builtin_cpu_supports("avx2");
+  return yes;
+#else
+  return false;
+#endif
+}
+
+void abs_range(const float* row, int64_t n, float* mn, float* mx, float* nan) {
+#if defined(SALIENT_AVX2_KERNELS)
+  if (has_avx2()) return abs_range_avx2(row, n, mn, mx, nan);
+#endif
+  abs_range_portable(row, n, mn, mx, nan);
+}
+
+void add_abs(float* a, const float* row, int64_t n, float k) {
+#if defined(SALIENT_AVX2_KERNELS)
+  if (has_avx2()) return add_abs_avx2(a, row, n, k);
+#endif
+  add_abs_portable(a, row, n, k);
 }
 
 // Σ_c (t_c - min t_c) / (max t_c - min t_c + 1e-7) with t_c = |scale_c · g_c|, min and
@@ -299,15 +345,16 @@ at::Tensor abs_minmax_channel_sum(const at::Tensor& g, const at::Tensor& scale, 
     const int64_t t = std::min<int64_t>(at::get_thread_num(), threads - 1);
     for (int64_t k = b; k < e; ++k) {
       const int64_t smp = k / c;
-      const float s = sp[k % c];
+      // |s·g| = |s|·|g| and scaling by |s| keeps the order: the range of |g| scaled.
+      const float s = std::abs(sp[k % c]);
       const float* row = gp + k * hw;
       float mn, mx, nan;
-      channel_range(row, hw, s, &mn, &mx, &nan);
+      abs_range(row, hw, &mn, &mx, &nan);
       bad[t] += nan;
+      mn *= s, mx *= s;
       const float inv = 1.0f / (mx - mn + 1e-7f);
       offset[t * n + smp] += mn * inv;
-      float* a = acc.data() + (t * n + smp) * hw;
-      for (int64_t q = 0; q < hw; ++q) a[q] += inv * std::abs(s * row[q]);
+      add_abs(acc.data() + (t * n + smp) * hw, row, hw, inv * s);
     }
   });
   if (finite) *finite = std::all_of(bad.begin(), bad.end(), [](float v) { return v == 0; });
