@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <map>
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
@@ -856,6 +857,8 @@ std::vector<BiasLayer> Model::bias_layers() const {
   // in place since.
   std::vector<BiasLayer> out;
   out.reserve(cache.size());
+  // Convolution path -> the BatchNorm (still present) whose sole input is its output.
+  std::map<std::string, const Impl::BiasEntry*> batch_norm_after;
   for (auto& e : cache) {
     const bool conv = e.layer.kind == "Conv2d";
     std::vector<at::Tensor> src;
@@ -880,19 +883,16 @@ std::vector<BiasLayer> Model::bias_layers() const {
       e.versions = std::move(versions);
     }
     out.push_back(e.layer);
+    if (!conv && !e.input_module.empty()) batch_norm_after[e.input_module] = &e;
   }
   // A convolution whose output goes to a BatchNorm alone is read at the BatchNorm's output,
   // rescaled by its factor (d/d conv = factor · d/d BatchNorm): a tap at the convolution
   // would keep the pair from folding.
   for (auto& l : out) {
     if (l.kind != "Conv2d") continue;
-    l.tap = l.path, l.tap_scale = at::Tensor();
-    for (const auto& e : cache)
-      if (e.layer.kind == "BatchNorm2d" && e.input_module == l.path && e.factor.defined() &&
-          std::any_of(out.begin(), out.end(), [&](const BiasLayer& b) { return b.path == e.layer.path; })) {
-        l.tap = e.layer.path, l.tap_scale = e.factor;
-        break;
-      }
+    auto bn = batch_norm_after.find(l.path);
+    l.tap = bn == batch_norm_after.end() ? l.path : bn->second->layer.path;
+    l.tap_scale = bn == batch_norm_after.end() ? at::Tensor() : bn->second->factor;
   }
   return out;
 }
