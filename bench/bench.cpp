@@ -3,8 +3,10 @@
 //
 //   salient_bench --models build/bench --demo models/demo/fashion96.pt --markdown docs/BENCHMARKS.md
 //
-// Timings interleave method and baseline (A B A B ...) after warm-up and report the
-// fastest run of each, so that drift and bursts of the machine affect both alike.
+// Timings interleave method and baseline (A B A B ...) after warm-up. Each row reports
+// the fastest run of each and, per adjacent pair, the ratio method / baseline: the
+// median of those ratios and its spread say whether a goal is met beyond this machine's
+// noise.
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/Parallel.h>
@@ -61,10 +63,35 @@ double seconds(const std::function<void()>& f) {
 // the steadiest estimate of what a call costs.
 double fastest(const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); }
 
+// The q-quantile of v (linear between order statistics).
+double quantile(std::vector<double> v, double q) {
+  std::sort(v.begin(), v.end());
+  const double at = q * static_cast<double>(v.size() - 1);
+  const size_t i = static_cast<size_t>(at);
+  return i + 1 < v.size() ? v[i] + (at - static_cast<double>(i)) * (v[i + 1] - v[i]) : v[i];
+}
+
 struct Row {
   std::string model, what, baseline;
   double method_ms = 0, baseline_ms = 0, goal = 0;
+  // Per-pair ratios: their median and quartiles. A pair runs back to back, so slow drift
+  // of the machine (here the same baseline's fastest run moves by up to 30% between rows
+  // of one run) cancels in it, where the two minima may come from different moments.
+  double pair_median = 0, pair_q1 = 0, pair_q3 = 0;
   double ratio() const { return method_ms / baseline_ms; }
+  // A baseline timed on part of the work and scaled up by f.
+  void scale_baseline(double f) {
+    baseline_ms *= f;
+    pair_median /= f, pair_q1 /= f, pair_q3 /= f;
+  }
+  // met: the upper quartile of the pairs is within the goal; unmet: the lower quartile is
+  // above it; otherwise the goal lies inside the noise.
+  std::string verdict() const {
+    if (goal <= 0) return "-";
+    if (pair_q3 <= goal) return "met";
+    if (pair_q1 > goal) return "unmet";
+    return "within noise";
+  }
 };
 
 // --only: rows whose name starts with one of these (empty: all).
@@ -93,11 +120,16 @@ Row compare(const std::string& model, const std::string& what, const std::string
     m.push_back(seconds(method));
     b.push_back(seconds(base));
   }
-  Row r{model, what, baseline, 1e3 * fastest(m), 1e3 * fastest(b), goal};
+  std::vector<double> pairs;
+  for (size_t i = 0; i < m.size(); ++i) pairs.push_back(m[i] / b[i]);
+  Row r{model, what, baseline, 1e3 * fastest(m), 1e3 * fastest(b), goal,
+        quantile(pairs, 0.5), quantile(pairs, 0.25), quantile(pairs, 0.75)};
   std::cout << std::left << std::setw(10) << model << std::setw(16) << what << std::right << std::fixed
             << std::setprecision(1) << std::setw(9) << r.method_ms << " ms  vs " << std::setw(9) << r.baseline_ms
             << " ms  " << std::setw(36) << std::left << baseline << " ratio " << std::setprecision(3) << r.ratio()
-            << (goal > 0 ? "  (goal <= " + fixed2(goal) + ")" : "  (part of a row, no goal)") << "\n";
+            << ", pairs " << r.pair_median << " [" << r.pair_q1 << ", " << r.pair_q3 << "]"
+            << (goal > 0 ? "  (goal <= " + fixed2(goal) + ": " + r.verdict() + ")" : "  (part of a row, no goal)")
+            << std::endl;
   return r;
 }
 
@@ -430,7 +462,7 @@ std::vector<Row> bench_model(const std::string& label, const std::string& path, 
       std::to_string(1 + channels) + " eager forwards, batches of " + std::to_string(fwd_batch) +
           (timed < 1 + channels ? " (timed on " + std::to_string(timed) + ", scaled)" : ""),
       0.6, [&] { salient::ablationcam(model, x, t); }, [&] { eager_forwards(raw, x, timed, fwd_batch); }, few);
-  ab.baseline_ms *= static_cast<double>(1 + channels) / static_cast<double>(timed);
+  ab.scale_baseline(static_cast<double>(1 + channels) / static_cast<double>(timed));
   if (ab.method_ms >= 0)
     std::cout << "  ablationcam baseline scaled to " << ab.baseline_ms << " ms, ratio " << ab.ratio() << "\n";
   rows.push_back(ab);
@@ -631,11 +663,16 @@ int main(int argc, char** argv) {
       std::ostringstream md;
       md << "# Benchmarks\n\n"
          << "Written by `scripts/dev bench` (bench/bench.cpp). Each row times a method or metric and the raw LibTorch "
-            "passes it\nminimally needs, interleaved in the same run after warm-up; times are the fastest of at least "
+            "passes it\nminimally needs, interleaved in the same run after warm-up (method, baseline, method, "
+            "baseline, ...; at least "
          << o.repeats
-         << " runs (more for\nsmall models; other load on the machine only adds time) and the ratio is method / baseline. "
-            "The baseline is the plain way to do it by hand: `torch::jit::load`, `eval()`,\n`forward`, "
-            "`torch::autograd::grad`.\n\n"
+         << " pairs, more for\nsmall models). The baseline is the plain way to do it by hand: `torch::jit::load`, "
+            "`eval()`,\n`forward`, `torch::autograd::grad`. \"method ms\" and \"baseline ms\" are the fastest run "
+            "of each (other load on the machine only adds time) and \"ratio\" is their quotient. \"pairs\" is the "
+            "median of the per-pair ratios with their quartiles: a pair runs back to back, so slow drift of this "
+            "shared machine (the same baseline's fastest run moves by up to 30% between rows of one run) cancels in "
+            "it. The verdict compares the quartiles with the goal: \"met\" when the upper quartile is within it, "
+            "\"unmet\" when the lower quartile is above it, \"within noise\" otherwise.\n\n"
          << "Machine: " << machine_description()
          << ". Batch of 1 image (ResNet-50 and ResNet-18 at 224x224, random weights, traced by bench/trace_models.py; "
             "the demo model at 96x96).\n\n"
@@ -686,12 +723,14 @@ int main(int argc, char** argv) {
             "(Captum's max_examples_per_batch); the baseline runs them one by one.\n"
             "- On the small demo model a fixed cost of about 0.3 ms per call (input checks, target scores, "
             "upsampling) shows in the ratios.\n\n"
-         << "| model | method | method ms | baseline | baseline ms | ratio | goal |\n"
-         << "|---|---|---:|---|---:|---:|---:|\n";
+         << "| model | method | method ms | baseline | baseline ms | ratio | pairs: median [quartiles] | goal | verdict |\n"
+         << "|---|---|---:|---|---:|---:|---:|---:|---|\n";
       for (const auto& r : rows)
-        if (r.method_ms >= 0) md << "| " << r.model << " | " << r.what << " | " << std::fixed << std::setprecision(1) << r.method_ms << " | "
-           << r.baseline << " | " << r.baseline_ms << " | " << std::setprecision(3) << r.ratio() << " | "
-           << (r.goal > 0 ? "<= " + fixed2(r.goal) : std::string("-")) << " |\n";
+        if (r.method_ms >= 0)
+          md << "| " << r.model << " | " << r.what << " | " << std::fixed << std::setprecision(1) << r.method_ms
+             << " | " << r.baseline << " | " << r.baseline_ms << " | " << std::setprecision(3) << r.ratio() << " | "
+             << r.pair_median << " [" << r.pair_q1 << ", " << r.pair_q3 << "] | "
+             << (r.goal > 0 ? "<= " + fixed2(r.goal) : std::string("-")) << " | " << r.verdict() << " |\n";
       if (!rss.empty()) {
         md << "\n## Memory\n\nLong runs on ResNet-50 (one 224x224 image), default memory budget 1 GiB, each measured in a "
               "fresh process. Rows run in chunks sized from the budget.\n\n"
