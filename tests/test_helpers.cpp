@@ -15,6 +15,18 @@ namespace fs = std::filesystem;
 
 namespace testing_salient {
 
+namespace {
+// LibTorch seeds its default generator from the OS, so unseeded draws (at::randn in a test)
+// differ per run: every test starts from the same seed instead, alone or in the full binary.
+class SeedEachTest : public ::testing::EmptyTestEventListener {
+  void OnTestStart(const ::testing::TestInfo&) override { at::manual_seed(20261129); }
+};
+const bool seed_each_test_registered = [] {
+  ::testing::UnitTest::GetInstance()->listeners().Append(new SeedEachTest);
+  return true;
+}();
+}  // namespace
+
 std::string data(const std::string& rel) { return std::string(SALIENT_TEST_DATA) + "/" + rel; }
 
 std::string temp_dir(const std::string& name) {

@@ -180,7 +180,10 @@ TEST(Invariants, BatchedEqualsPerSample) {
       // A batch of 1 convolves with other kernels than a batch of 4 (float rounding);
       // Eigen-CAM's SVD amplifies that, so it gets a looser relative tolerance.
       const double rtol = m.first.find("eigen") == 0 ? 2e-3 : 1e-4;
-      EXPECT_TRUE(close(one.map[0], batched.map[i], 1e-7, rtol)) << m.first << " sample " << i;
+      // Ablation-CAM's weights are differences of near scores (y - y_k) / y: the rounding of
+      // each score, relative to the map's scale, is what survives (6e-6 of 0.02 on AVX-512).
+      const double atol = m.first == "ablationcam" ? 1e-4 * batched.map[i].abs().max().item<double>() : 1e-7;
+      EXPECT_TRUE(close(one.map[0], batched.map[i], atol, rtol)) << m.first << " sample " << i;
     }
   }
 }
@@ -656,7 +659,7 @@ TEST(EigenCam, ProjectionIsExactWhenTheTopComponentsAreClose) {
       rows = rows - rows.mean(0, true);
       auto svd = at::linalg_svd(rows, false);
       at::Tensor s = std::get<1>(svd);
-      EXPECT_GT((s[1] / s[0]).item<double>(), 0.85) << "the case should be hard";
+      EXPECT_GT((s[1] / s[0]).item<double>(), 0.85) << "the case should be hard: c " << c << " side " << side;
       at::Tensor expected = at::matmul(rows, std::get<2>(svd)[0]);
       at::Tensor ours = a.raw[i].flatten().to(at::kDouble);
       if ((ours * expected).sum().item<double>() < 0) expected = -expected;
