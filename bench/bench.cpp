@@ -29,6 +29,7 @@
 #include <iostream>
 #include <sstream>
 #include <thread>
+#include <tuple>
 
 #include "salient/salient.hpp"
 
@@ -49,6 +50,8 @@ struct Options {
   std::string rss_method = "smoothgrad";  // in the child: smoothgrad | integrated_gradients
   std::string cli;                        // the salient binary, for the batch throughput rows
   bool skip_batch = false;
+  bool default_malloc = false;  // glibc's defaults instead of salient::retain_freed_memory()
+  bool alloc_child = false;     // in the child: forward costs under glibc's defaults
   int threads = static_cast<int>(std::thread::hardware_concurrency());
 };
 
@@ -93,6 +96,9 @@ struct Row {
     return "within noise";
   }
 };
+
+// Whether salient::retain_freed_memory() is in effect (else glibc's defaults).
+bool g_retained = false;
 
 // --only: rows whose name starts with one of these (empty: all).
 std::vector<std::string> g_only;
@@ -169,7 +175,8 @@ int rss_child(const Options& o) {
 
 RssResult rss_in_child(const Options& o, const std::string& method) {
   std::string cmd = "'" + o.self + "' --rss-child --rss-method " + method + " --models '" + o.models + "' --rss-samples " +
-                    std::to_string(o.rss_samples) + " --threads " + std::to_string(o.threads);
+                    std::to_string(o.rss_samples) + " --threads " + std::to_string(o.threads) +
+                    (o.default_malloc ? " --default-malloc" : "");
   FILE* p = popen(cmd.c_str(), "r");
   RssResult r;
   if (!p) throw std::runtime_error("cannot run " + cmd);
@@ -179,6 +186,65 @@ RssResult rss_in_child(const Options& o, const std::string& method) {
   if (pclose(p) != 0 || got != 5) throw std::runtime_error("memory measurement failed: " + cmd);
   r.before_kib = before, r.peak_kib = peak, r.chunk = chunk, r.per_sample = per, r.seconds = secs;
   return r;
+}
+
+// One batch (the forward-only rows' size) through the eager module and through the frozen
+// graph (Model::infer), fastest of `reps` interleaved runs each, in ms.
+struct ForwardCosts {
+  std::string model;
+  int64_t batch = 0;
+  double eager_ms = 0, frozen_ms = 0;
+};
+
+ForwardCosts forward_costs(const std::string& label, const std::string& path, const std::vector<int64_t>& shape,
+                           int reps) {
+  salient::Model model = salient::Model::load(path);
+  torch::jit::Module raw = torch::jit::load(path);
+  raw.eval();
+  ForwardCosts c;
+  c.model = label;
+  c.batch = std::max<int64_t>(1, (int64_t(1) << 30) / std::max<int64_t>(1, model.bytes_per_sample({shape[1], shape[2], shape[3]}) / 2));
+  at::manual_seed(0);
+  at::Tensor x = at::randn({c.batch, shape[1], shape[2], shape[3]});
+  at::NoGradGuard g;
+  c.eager_ms = c.frozen_ms = 1e300;
+  for (int i = 0; i < reps + 2; ++i) {  // the first two runs warm up
+    const double e = seconds([&] { raw.forward({x * 0.5}); }) * 1000;
+    const double f = seconds([&] { model.infer(x * 0.5); }) * 1000;
+    if (i >= 2) c.eager_ms = std::min(c.eager_ms, e), c.frozen_ms = std::min(c.frozen_ms, f);
+  }
+  return c;
+}
+
+std::vector<std::tuple<std::string, std::string, std::vector<int64_t>>> bench_models(const Options& o) {
+  std::vector<std::tuple<std::string, std::string, std::vector<int64_t>>> m;
+  for (const char* name : {"resnet50", "resnet18"})
+    if (fs::exists(fs::path(o.models) / (std::string(name) + ".pt")))
+      m.emplace_back(name, (fs::path(o.models) / (std::string(name) + ".pt")).string(), std::vector<int64_t>{1, 3, 224, 224});
+  if (fs::exists(o.demo)) m.emplace_back("demo", o.demo, std::vector<int64_t>{1, 3, 96, 96});
+  return m;
+}
+
+int alloc_child(const Options& o) {
+  for (const auto& [label, path, shape] : bench_models(o)) {
+    ForwardCosts c = forward_costs(label, path, shape, 5);
+    std::cout << c.model << " " << c.batch << " " << c.eager_ms << " " << c.frozen_ms << std::endl;
+  }
+  return 0;
+}
+
+std::vector<ForwardCosts> forward_costs_in_child(const Options& o) {
+  std::string cmd = "'" + o.self + "' --alloc-child --default-malloc --models '" + o.models + "' --demo '" + o.demo +
+                    "' --threads " + std::to_string(o.threads);
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) throw std::runtime_error("cannot run " + cmd);
+  std::vector<ForwardCosts> v;
+  char name[64];
+  long long batch = 0;
+  double e = 0, f = 0;
+  while (std::fscanf(p, "%63s %lld %lf %lf", name, &batch, &e, &f) == 4) v.push_back({name, batch, e, f});
+  if (pclose(p) != 0) throw std::runtime_error("forward costs under glibc's defaults failed: " + cmd);
+  return v;
 }
 
 std::string cpu_name() {
@@ -211,7 +277,9 @@ std::string machine_description() {
   }();
   m << cpu_name() << ", " << std::thread::hardware_concurrency() << " CPUs, " << mem_kib / (1024 * 1024) << " GiB RAM, "
     << (os.empty() ? "Linux" : os) << ", " << "GCC " << __GNUC__ << "." << __GNUC_MINOR__ << ", Release build, LibTorch "
-    << TORCH_VERSION << " (CPU), intra-op threads " << at::get_num_threads() << " for method and baseline alike";
+    << TORCH_VERSION << " (CPU), intra-op threads " << at::get_num_threads() << " for method and baseline alike, "
+    << (g_retained ? "glibc malloc keeping freed memory (salient::retain_freed_memory(), as the CLI runs)"
+                   : "glibc malloc with its defaults");
   return m.str();
 }
 
@@ -426,6 +494,12 @@ std::vector<Row> bench_model(const std::string& label, const std::string& path, 
 
   // Forward-only methods against plain eager forwards of as many rows.
   const int few = std::max(3, repeats / 3);
+  // The frozen graph alone on one batch: the floor of the forward-only rows in float32 on
+  // this CPU (what they add above it is their own work: masks, blurs, scores).
+  rows.push_back(compare(
+      label, "frozen forward alone", std::to_string(fwd_batch) + " eager forwards, one batch", 0,
+      [&] { model.infer(x.expand({fwd_batch, -1, -1, -1}) * 0.5); },
+      [&] { eager_forwards(raw, x, fwd_batch, fwd_batch); }, few));
   auto windows = [](int64_t d, int64_t k, int64_t s) { return (d - k + s - 1) / s + 1; };
   const int64_t occ = windows(h, z.occlusion_window, z.occlusion_stride) * windows(w, z.occlusion_window, z.occlusion_stride);
   rows.push_back(compare(
@@ -592,6 +666,8 @@ int main(int argc, char** argv) {
     else if (a == "--rss-method") o.rss_method = next();
     else if (a == "--cli") o.cli = next();
     else if (a == "--skip-batch") o.skip_batch = true;
+    else if (a == "--default-malloc") o.default_malloc = true;
+    else if (a == "--alloc-child") o.alloc_child = true;
     else if (a == "--threads") o.threads = std::stoi(next());
     else if (a == "--only") {
       std::stringstream ss(next());
@@ -599,13 +675,17 @@ int main(int argc, char** argv) {
     }
     else {
       std::cerr << "usage: salient_bench [--models DIR] [--demo MODEL] [--markdown FILE] [--repeats K] "
-                   "[--rss-samples N] [--skip-rss] [--cli SALIENT] [--skip-batch] [--threads N] [--only ROW,...]\n";
+                   "[--rss-samples N] [--skip-rss] [--cli SALIENT] [--skip-batch] [--threads N] [--only ROW,...] "
+                   "[--default-malloc]\n";
       return 2;
     }
   }
   if (o.threads > 0) at::set_num_threads(o.threads);
+  // Method and baseline alike run with the allocator setting the CLI applies.
+  g_retained = !o.default_malloc && salient::retain_freed_memory();
   try {
     if (o.rss_child) return rss_child(o);
+    if (o.alloc_child) return alloc_child(o);
     std::vector<Row> rows;
     auto add = [&](const std::vector<Row>& r) { rows.insert(rows.end(), r.begin(), r.end()); };
     // ResNet-50: Faster Score-CAM (205 of layer4's 2048 channels) keeps the run short.
@@ -628,6 +708,20 @@ int main(int argc, char** argv) {
                   << " MiB (after loading the model " << r.before_kib / 1024 << " MiB), chunk " << r.chunk << " samples, "
                   << r.seconds << " s\n";
       }
+
+    // One batch of eager and frozen forwards with this process's allocator setting and, in a
+    // fresh process, with glibc's defaults: what salient::retain_freed_memory() is worth here.
+    std::vector<std::pair<ForwardCosts, ForwardCosts>> alloc;  // (glibc defaults, retained)
+    if (g_retained && selected("allocator"))
+      for (const ForwardCosts& d : forward_costs_in_child(o))
+        for (const auto& [label, path, shape] : bench_models(o))
+          if (label == d.model) {
+            alloc.emplace_back(d, forward_costs(label, path, shape, 5));
+            const ForwardCosts& r = alloc.back().second;
+            std::cout << "allocator " << label << " batch " << d.batch << ": eager " << d.eager_ms << " -> " << r.eager_ms
+                      << " ms, frozen " << d.frozen_ms << " -> " << r.frozen_ms << " ms (glibc defaults -> retained)"
+                      << std::endl;
+          }
 
     // Batch throughput and memory over long runs, through the command line.
     std::vector<Throughput> tput;
@@ -695,13 +789,13 @@ int main(int argc, char** argv) {
             "docs/methods.md, Shared passes); their baselines do more work than the minimum, so these rows show the "
             "saving.\n"
             "- Integrated Gradients and SmoothGrad run their rows in chunks sized from the 1 GiB memory budget; the "
-            "baseline pushes all rows through one batch, which this CPU runs slower per row for ResNet-50.\n"
+            "baseline pushes all rows through one batch.\n"
             "- Forward-only methods run on the frozen, inference-optimised graph (torch::jit::freeze + "
             "optimize_for_inference) in batches from the memory budget; the baseline runs plain eager forwards in "
-            "batches of the same size. On this CPU the frozen graph is only 1.35-1.45x faster than the eager one "
-            "(0.68-0.73 of its time at these batch sizes on ResNet-50 and ResNet-18): its convolutions alone, "
-            "already fused with BatchNorm and ReLU and run by oneDNN, take about 0.66 of the eager forward "
-            "(DNNL_VERBOSE=1). That bounds those ratios near 0.7-0.8 in float32. Ablation-CAM and "
+            "batches of the same size. The row \"frozen forward alone\" times one such batch through the frozen "
+            "graph (Model::infer) against one eager batch: that is the floor of these rows in float32 on this CPU, "
+            "set by how much faster oneDNN runs the graph's fused convolutions than the eager ones (on an earlier "
+            "Intel Xeon without AVX512-BF16: 0.68-0.73 on the ResNets). Ablation-CAM and "
             "ReciproCAM re-run only the layers after their layer; their baseline is the full forwards a hook-based "
             "tool runs (pytorch-grad-cam's Ablation-CAM), so they land far below it.\n"
             "- Metrics run forward-only on the frozen graph in batches, like the forward-only methods. ROAD's rows "
@@ -721,8 +815,8 @@ int main(int argc, char** argv) {
             "not re-draw and the compiled graphs, so it costs the draws of one block; the baseline deep-copies the "
             "module per block but draws nothing. Max-sensitivity explains its 10 perturbed copies in one batch "
             "(Captum's max_examples_per_batch); the baseline runs them one by one.\n"
-            "- On the small demo model a fixed cost of about 0.3 ms per call (input checks, target scores, "
-            "upsampling) shows in the ratios.\n\n"
+            "- On the small demo model a fixed cost per call (input checks, target scores, upsampling; about 0.3 ms "
+            "on the Intel Xeon) shows in the ratios.\n\n"
          << "| model | method | method ms | baseline | baseline ms | ratio | pairs: median [quartiles] | goal | verdict |\n"
          << "|---|---|---:|---|---:|---:|---:|---:|---|\n";
       for (const auto& r : rows)
@@ -767,6 +861,23 @@ int main(int argc, char** argv) {
         for (const auto& f : flat)
           md << "| " << f.first << " | " << f.second.peak_kib / 1024 << " | " << std::fixed << std::setprecision(1)
              << f.second.seconds << " |\n";
+      }
+      if (!alloc.empty()) {
+        md << "\n## Allocator\n\nLibTorch frees a forward's activations and allocates them again on the next pass. "
+              "With glibc's defaults every block above its mmap threshold goes back to the system on free and is "
+              "faulted in again, page by page, on the next pass; salient::retain_freed_memory() (called by the CLI "
+              "and by this bench for method and baseline alike) keeps freed memory in the heap instead. One batch of "
+              "the forward-only rows' size, fastest of 5 runs, the glibc defaults measured in a fresh process:\n\n"
+              "| model | batch | eager forward, glibc defaults (ms) | eager, memory kept (ms) | speed-up | frozen graph, "
+              "glibc defaults (ms) | frozen, memory kept (ms) | speed-up |\n|---|---:|---:|---:|---:|---:|---:|---:|\n";
+        for (const auto& [d, r] : alloc)
+          md << "| " << d.model << " | " << d.batch << " | " << std::fixed << std::setprecision(1) << d.eager_ms << " | "
+             << r.eager_ms << " | " << std::setprecision(2) << d.eager_ms / r.eager_ms << "x | " << std::setprecision(1)
+             << d.frozen_ms << " | " << r.frozen_ms << " | " << std::setprecision(2) << d.frozen_ms / r.frozen_ms
+             << "x |\n";
+        md << "\nThe ratios in the table above compare method and baseline under the same setting; with glibc's "
+              "defaults a forward-only row's ratio is its frozen cost over the eager cost of the first and third "
+              "columns here.\n";
       }
       std::ofstream(o.markdown) << md.str();
       std::cout << "wrote " << o.markdown << "\n";

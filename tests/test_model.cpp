@@ -1,6 +1,10 @@
 #include "helpers.hpp"
 #include <algorithm>
+#include <cstdlib>
 #include <set>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 using namespace testing_salient;
 using salient::Autograd;
@@ -388,3 +392,27 @@ TEST(Precision, NativeBf16IsReadFromTheCpuFeatureFlagsOfX86AndArm) {
   EXPECT_FALSE(salient::cpuinfo_has_native_bf16("model name\t: bf16 avx512_bf16 in a name, not a flag\n"));
   EXPECT_FALSE(salient::cpuinfo_has_native_bf16(""));
 }
+
+#if defined(__GLIBC__)
+TEST(Allocator, RetainFreedMemoryServesLargeTensorsFromTheHeapAndKeepsThem) {
+  ASSERT_TRUE(salient::retain_freed_memory());
+  const size_t mapped_before = mallinfo2().hblkhd;
+  size_t heap_in_use = 0;
+  {
+    at::Tensor big = at::ones({64 << 20 >> 2});  // 64 MiB: glibc would mmap it by default
+    EXPECT_EQ(mallinfo2().hblkhd, mapped_before) << "a 64 MiB tensor still came from mmap";
+    heap_in_use = mallinfo2().uordblks;
+    EXPECT_GE(heap_in_use, size_t(64) << 20);
+    EXPECT_EQ(big.sum().item<float>(), float(16 << 20));
+  }
+  // Freed, it stays in the heap (nothing trimmed), ready for the next pass.
+  EXPECT_LE(mallinfo2().uordblks + (size_t(64) << 20), heap_in_use + (size_t(1) << 20));
+  EXPECT_GE(mallinfo2().arena, size_t(64) << 20);
+}
+
+TEST(Allocator, AMallocSettingInTheEnvironmentWins) {
+  ::setenv("MALLOC_TOP_PAD_", "0", 1);
+  EXPECT_FALSE(salient::retain_freed_memory());
+  ::unsetenv("MALLOC_TOP_PAD_");
+}
+#endif

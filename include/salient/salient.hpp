@@ -15,6 +15,7 @@
 #include "salient/gradient.hpp"
 #include "salient/integrated_gradients.hpp"
 #include "salient/io.hpp"
+#include "salient/memory.hpp"
 #include "salient/metrics.hpp"
 #include "salient/model.hpp"
 #include "salient/perturbation.hpp"
