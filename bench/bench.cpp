@@ -203,7 +203,7 @@ ForwardCosts forward_costs(const std::string& label, const std::string& path, co
   raw.eval();
   ForwardCosts c;
   c.model = label;
-  c.batch = std::max<int64_t>(1, (int64_t(1) << 30) / std::max<int64_t>(1, model.bytes_per_sample({shape[1], shape[2], shape[3]}) / 2));
+  c.batch = std::max<int64_t>(1, (int64_t(1) << 30) / std::max<int64_t>(1, model.bytes_per_sample({shape[1], shape[2], shape[3]})));
   at::manual_seed(0);
   at::Tensor x = at::randn({c.batch, shape[1], shape[2], shape[3]});
   at::NoGradGuard g;
@@ -429,7 +429,7 @@ std::vector<Row> bench_model(const std::string& label, const std::string& path, 
   const int64_t h = shape[2], w = shape[3];
   // Forward-only methods batch as many rows as the default 1 GiB budget allows; the
   // eager baselines use the same batch size.
-  const int64_t fwd_batch = std::max<int64_t>(1, (int64_t(1) << 30) / std::max<int64_t>(1, model.bytes_per_sample({shape[1], h, w}) / 2));
+  const int64_t fwd_batch = std::max<int64_t>(1, (int64_t(1) << 30) / std::max<int64_t>(1, model.bytes_per_sample({shape[1], h, w})));
   const std::string layer = model.default_cam_layer({shape[1], h, w});
   const at::Tensor act = model.forward(x, {layer}).taps[0];
   const int64_t channels = act.size(1), positions = act.size(2) * act.size(3);
@@ -838,7 +838,8 @@ int main(int argc, char** argv) {
              << " |\n";
         }
         md << "\nBoth stay far inside the 1 GiB budget. The per-sample estimate (every intermediate tensor of a "
-              "functional copy of the graph, doubled for the backward) is an upper bound; the model's in-place ops "
+              "functional copy of the graph, plus two of the largest for the backward's gradients) is an upper bound; "
+              "the model's in-place ops "
               "are kept, so a run holds less per sample than estimated.\n";
       }
       if (!tput.empty()) {
