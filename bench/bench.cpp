@@ -837,7 +837,7 @@ int main(int argc, char** argv) {
              << r.per_sample * o.rss_samples / (1024 * 1024) << " | " << std::fixed << std::setprecision(1) << r.seconds
              << " |\n";
         }
-        md << "\nBoth stay far inside the 1 GiB budget. The per-sample estimate (every intermediate tensor of a "
+        md << "\nBoth stay inside the 1 GiB budget. The per-sample estimate (every intermediate tensor of a "
               "functional copy of the graph, plus two of the largest for the backward's gradients) is an upper bound; "
               "the model's in-place ops "
               "are kept, so a run holds less per sample than estimated.\n";
