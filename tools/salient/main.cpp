@@ -44,7 +44,7 @@ int main(int argc, char** argv) {
     threads = static_cast<int>(std::thread::hardware_concurrency());
   if (threads > 0) at::set_num_threads(threads);
   // Every forward frees and re-allocates its activations: kept in the heap, they are not
-  // faulted in again on each pass (3.4x faster `evaluate` on a 2-core VM, docs/BENCHMARKS.md).
+  // faulted in again on each pass (3.4x faster `evaluate` on a 2-core VM, README Speed).
   salient::retain_freed_memory();
   try {
     for (auto& c : commands)
