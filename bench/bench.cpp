@@ -29,7 +29,6 @@
 #include <iostream>
 #include <sstream>
 #include <thread>
-#include <tuple>
 
 #include "salient/salient.hpp"
 
@@ -188,6 +187,36 @@ RssResult rss_in_child(const Options& o, const std::string& method) {
   return r;
 }
 
+struct Sizes {
+  int64_t occlusion_window, occlusion_stride, rise_masks, ig_steps;
+  bool full_scorecam;  // Score-CAM on every channel (else Faster Score-CAM's top 10%)
+};
+
+struct BenchModel {
+  std::string label, path;
+  std::vector<int64_t> shape;  // one input, [1, C, H, W]
+  Sizes sizes;
+};
+
+// The models found: the traced ResNets in --models, the demo model.
+std::vector<BenchModel> bench_models(const Options& o) {
+  std::vector<BenchModel> m;
+  // ResNet-50: Faster Score-CAM (205 of layer4's 2048 channels) keeps the run short.
+  for (const char* name : {"resnet50", "resnet18"})
+    if (fs::exists(fs::path(o.models) / (std::string(name) + ".pt")))
+      m.push_back({name, (fs::path(o.models) / (std::string(name) + ".pt")).string(), {1, 3, 224, 224},
+                   {32, 32, 256, 32, false}});
+  if (fs::exists(o.demo)) m.push_back({"demo", o.demo, {1, 3, 96, 96}, {16, 8, 1000, 32, true}});
+  return m;
+}
+
+// Forward-only methods batch as many rows as the default 1 GiB budget allows
+// (salient's forward chunks); the eager baselines use the same batch size.
+int64_t forward_batch(const salient::Model& model, const std::vector<int64_t>& shape) {
+  return std::max<int64_t>(1, (int64_t(1) << 30) /
+                                  std::max<int64_t>(1, model.bytes_per_sample({shape[1], shape[2], shape[3]})));
+}
+
 // One batch (the forward-only rows' size) through the eager module and through the frozen
 // graph (Model::infer), fastest of `reps` interleaved runs each, in ms.
 struct ForwardCosts {
@@ -196,16 +225,15 @@ struct ForwardCosts {
   double eager_ms = 0, frozen_ms = 0;
 };
 
-ForwardCosts forward_costs(const std::string& label, const std::string& path, const std::vector<int64_t>& shape,
-                           int reps) {
-  salient::Model model = salient::Model::load(path);
-  torch::jit::Module raw = torch::jit::load(path);
+ForwardCosts forward_costs(const BenchModel& bm, int reps) {
+  salient::Model model = salient::Model::load(bm.path);
+  torch::jit::Module raw = torch::jit::load(bm.path);
   raw.eval();
   ForwardCosts c;
-  c.model = label;
-  c.batch = std::max<int64_t>(1, (int64_t(1) << 30) / std::max<int64_t>(1, model.bytes_per_sample({shape[1], shape[2], shape[3]})));
+  c.model = bm.label;
+  c.batch = forward_batch(model, bm.shape);
   at::manual_seed(0);
-  at::Tensor x = at::randn({c.batch, shape[1], shape[2], shape[3]});
+  at::Tensor x = at::randn({c.batch, bm.shape[1], bm.shape[2], bm.shape[3]});
   at::NoGradGuard g;
   c.eager_ms = c.frozen_ms = 1e300;
   for (int i = 0; i < reps + 2; ++i) {  // the first two runs warm up
@@ -216,18 +244,9 @@ ForwardCosts forward_costs(const std::string& label, const std::string& path, co
   return c;
 }
 
-std::vector<std::tuple<std::string, std::string, std::vector<int64_t>>> bench_models(const Options& o) {
-  std::vector<std::tuple<std::string, std::string, std::vector<int64_t>>> m;
-  for (const char* name : {"resnet50", "resnet18"})
-    if (fs::exists(fs::path(o.models) / (std::string(name) + ".pt")))
-      m.emplace_back(name, (fs::path(o.models) / (std::string(name) + ".pt")).string(), std::vector<int64_t>{1, 3, 224, 224});
-  if (fs::exists(o.demo)) m.emplace_back("demo", o.demo, std::vector<int64_t>{1, 3, 96, 96});
-  return m;
-}
-
 int alloc_child(const Options& o) {
-  for (const auto& [label, path, shape] : bench_models(o)) {
-    ForwardCosts c = forward_costs(label, path, shape, 5);
+  for (const BenchModel& bm : bench_models(o)) {
+    ForwardCosts c = forward_costs(bm, 5);
     std::cout << c.model << " " << c.batch << " " << c.eager_ms << " " << c.frozen_ms << std::endl;
   }
   return 0;
@@ -412,11 +431,6 @@ at::Tensor raw_input_gradient(Raw& raw, const at::Tensor& rows, int64_t target) 
   return torch::autograd::grad({out.select(1, target).sum()}, {xi})[0];
 }
 
-struct Sizes {
-  int64_t occlusion_window, occlusion_stride, rise_masks, ig_steps;
-  bool full_scorecam;  // Score-CAM on every channel (else Faster Score-CAM's top 10%)
-};
-
 std::vector<Row> bench_model(const std::string& label, const std::string& path, const std::vector<int64_t>& shape,
                              int repeats, const Sizes& z) {
   std::vector<Row> rows;
@@ -427,9 +441,7 @@ std::vector<Row> bench_model(const std::string& label, const std::string& path, 
   const int64_t target = 3;
   auto t = salient::Target::index(target);
   const int64_t h = shape[2], w = shape[3];
-  // Forward-only methods batch as many rows as the default 1 GiB budget allows; the
-  // eager baselines use the same batch size.
-  const int64_t fwd_batch = std::max<int64_t>(1, (int64_t(1) << 30) / std::max<int64_t>(1, model.bytes_per_sample({shape[1], h, w})));
+  const int64_t fwd_batch = forward_batch(model, shape);
   const std::string layer = model.default_cam_layer({shape[1], h, w});
   const at::Tensor act = model.forward(x, {layer}).taps[0];
   const int64_t channels = act.size(1), positions = act.size(2) * act.size(3);
@@ -688,14 +700,8 @@ int main(int argc, char** argv) {
     if (o.alloc_child) return alloc_child(o);
     std::vector<Row> rows;
     auto add = [&](const std::vector<Row>& r) { rows.insert(rows.end(), r.begin(), r.end()); };
-    // ResNet-50: Faster Score-CAM (205 of layer4's 2048 channels) keeps the run short.
-    if (fs::exists(fs::path(o.models) / "resnet50.pt"))
-      add(bench_model("resnet50", (fs::path(o.models) / "resnet50.pt").string(), {1, 3, 224, 224}, o.repeats,
-                      {32, 32, 256, 32, false}));
-    if (fs::exists(fs::path(o.models) / "resnet18.pt"))
-      add(bench_model("resnet18", (fs::path(o.models) / "resnet18.pt").string(), {1, 3, 224, 224}, o.repeats,
-                      {32, 32, 256, 32, false}));
-    if (fs::exists(o.demo)) add(bench_model("demo", o.demo, {1, 3, 96, 96}, o.repeats, {16, 8, 1000, 32, true}));
+    const std::vector<BenchModel> models = bench_models(o);
+    for (const BenchModel& bm : models) add(bench_model(bm.label, bm.path, bm.shape, o.repeats, bm.sizes));
 
     // Peak memory of long SmoothGrad and Integrated Gradients runs with the default 1 GiB
     // budget, each in a fresh process (this one's heap holds the timing runs' memory).
@@ -712,16 +718,19 @@ int main(int argc, char** argv) {
     // One batch of eager and frozen forwards with this process's allocator setting and, in a
     // fresh process, with glibc's defaults: what salient::retain_freed_memory() is worth here.
     std::vector<std::pair<ForwardCosts, ForwardCosts>> alloc;  // (glibc defaults, retained)
-    if (g_retained && selected("allocator"))
-      for (const ForwardCosts& d : forward_costs_in_child(o))
-        for (const auto& [label, path, shape] : bench_models(o))
-          if (label == d.model) {
-            alloc.emplace_back(d, forward_costs(label, path, shape, 5));
-            const ForwardCosts& r = alloc.back().second;
-            std::cout << "allocator " << label << " batch " << d.batch << ": eager " << d.eager_ms << " -> " << r.eager_ms
-                      << " ms, frozen " << d.frozen_ms << " -> " << r.frozen_ms << " ms (glibc defaults -> retained)"
-                      << std::endl;
-          }
+    if (g_retained && selected("allocator")) {
+      // The child measures the same models in the same order.
+      const std::vector<ForwardCosts> defaults = forward_costs_in_child(o);
+      if (defaults.size() != models.size()) throw std::runtime_error("forward costs under glibc's defaults: wrong count");
+      for (size_t i = 0; i < models.size(); ++i) {
+        const ForwardCosts& d = defaults[i];
+        alloc.emplace_back(d, forward_costs(models[i], 5));
+        const ForwardCosts& r = alloc.back().second;
+        std::cout << "allocator " << d.model << " batch " << d.batch << ": eager " << d.eager_ms << " -> " << r.eager_ms
+                  << " ms, frozen " << d.frozen_ms << " -> " << r.frozen_ms << " ms (glibc defaults -> retained)"
+                  << std::endl;
+      }
+    }
 
     // Batch throughput and memory over long runs, through the command line.
     std::vector<Throughput> tput;
