@@ -3,6 +3,7 @@
 #include <limits>
 
 #include "helpers.hpp"
+#include "methods/common.hpp"
 
 using namespace testing_salient;
 using salient::Model;
@@ -396,6 +397,21 @@ def forward(self, x):
 }
 
 }  // namespace
+
+TEST(Chunks, EvenChunksKeepTheChunkCountAndDifferInSizeByOneAtMost) {
+  using salient::detail::even_chunks;
+  using V = std::vector<int64_t>;
+  EXPECT_EQ(even_chunks(26, 25), (V{0, 13, 26}));  // 13 + 13, not 25 + 1
+  EXPECT_EQ(even_chunks(26, 6), (V{0, 5, 10, 15, 20, 26}));
+  EXPECT_EQ(even_chunks(12, 6), (V{0, 6, 12}));
+  EXPECT_EQ(even_chunks(5, 25), (V{0, 5}));  // one chunk: all rows
+  EXPECT_EQ(even_chunks(1, 1), (V{0, 1}));
+  EXPECT_EQ(even_chunks(0, 4), (V{0}));
+  const V b = even_chunks(101, 25);
+  ASSERT_EQ(b.size(), 6u);  // 5 chunks, as 25 a chunk would need
+  for (size_t i = 0; i + 1 < b.size(); ++i) EXPECT_TRUE(b[i + 1] - b[i] == 20 || b[i + 1] - b[i] == 21);
+  EXPECT_EQ(b.back(), 101);
+}
 
 TEST(IntegratedGradients, CompletenessWithin1PercentAt64GaussLegendreSteps) {
   at::manual_seed(5);

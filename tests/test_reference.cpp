@@ -148,6 +148,35 @@ TEST(ReferenceParity, CaptumIntegratedGradientsGaussLegendreAndTrapezoidWithDelt
   EXPECT_TRUE(matches_reference(small.map, "captum_ig_gausslegendre"));
 }
 
+TEST(IntegratedGradients, StepsNearTheBaselineRunTheOwnGraphAndTheRestTheFoldedCopy) {
+  const auto& x = reference()["input"];
+  // A fresh model: the copies it builds show which graph each step ran.
+  Model model = Model::load(data("reference/smallcnn_traced.pt"));
+  auto has_folded = [&] {
+    auto names = model.frozen_copies();
+    return std::find(names.begin(), names.end(), "folded") != names.end();
+  };
+  // riemann_left: alpha 0 runs the own graph; with 10 steps, 0.1 (as float32, just
+  // above 0.1) .. 0.9 run the folded copy.
+  auto o = salient::IntegratedGradientsOptions().n_steps(1).integration(salient::Integration::RiemannLeft);
+  salient::integrated_gradients(model, x, reference_targets(), o);  // alpha 0 only
+  EXPECT_FALSE(has_folded());
+  auto o10 = salient::IntegratedGradientsOptions(o).n_steps(10);
+  auto a = salient::integrated_gradients(model, x, reference_targets(), o10);
+  EXPECT_TRUE(has_folded());
+  // The same sum as every step on the model's own graph, up to rounding.
+  at::Tensor base = at::zeros_like(x), total = at::zeros_like(x);
+  auto q = salient::quadrature(salient::Integration::RiemannLeft, 10);
+  for (size_t k = 0; k < q.alphas.size(); ++k) {
+    at::Tensor leaf = (base + static_cast<float>(q.alphas[k]) * x).requires_grad_(true);
+    auto fr = model.forward(leaf, {}, salient::Autograd::Full);
+    at::Tensor s = reference_targets().scores(fr.output, a.targets, salient::Score::Logit);
+    total += static_cast<float>(q.weights[k]) * torch::autograd::grad({s.sum()}, {leaf})[0];
+  }
+  at::Tensor own = total * x;
+  EXPECT_TRUE(close(a.map, own, 1e-5 * own.abs().max().item<double>(), 1e-4));
+}
+
 TEST(ReferenceParity, QuadratureRulesAreCaptumsPointsAndWeights) {
   std::ifstream f(data("reference/manifest.json"));
   auto m = nlohmann::json::parse(f);

@@ -66,8 +66,9 @@ at::Tensor batched_scores(int64_t rows, int64_t chunk, const std::function<at::T
                           const Target& target, Score score) {
   std::vector<at::Tensor> scores;
   at::NoGradGuard no_grad;
-  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
-    const int64_t r1 = std::min(rows, r0 + chunk);
+  const std::vector<int64_t> bounds = even_chunks(rows, chunk);
+  for (size_t i = 0; i + 1 < bounds.size(); ++i) {
+    const int64_t r0 = bounds[i], r1 = bounds[i + 1];
     at::Tensor out = outputs_of(r0, r1);
     if (classes.empty()) {
       scores.push_back(target.scores(out, at::Tensor(), score).to(at::kFloat));
@@ -92,6 +93,14 @@ int64_t forward_chunk_rows(const Model& model, const at::Tensor& x, int64_t budg
   // its batches far inside the budget.
   int64_t per_row = std::max<int64_t>(1, model.bytes_per_sample(sample_shape(x)));
   return std::max<int64_t>(1, budget / per_row);
+}
+
+std::vector<int64_t> even_chunks(int64_t rows, int64_t max_chunk) {
+  std::vector<int64_t> bounds{0};
+  if (rows <= 0) return bounds;
+  const int64_t chunks = (rows + std::max<int64_t>(1, max_chunk) - 1) / std::max<int64_t>(1, max_chunk);
+  for (int64_t i = 1; i <= chunks; ++i) bounds.push_back(rows * i / chunks);
+  return bounds;
 }
 
 void finish_cam(Attribution* a, const at::Tensor& raw, const at::Tensor& weights, int64_t height, int64_t width) {

@@ -59,6 +59,12 @@ std::function<at::Tensor(int64_t, int64_t)> input_rows(const Model& model,
 // Rows per forward-only chunk under `budget` bytes for samples like x's.
 int64_t forward_chunk_rows(const Model& model, const at::Tensor& x, int64_t budget);
 
+// Chunk boundaries [0, b1, ..., rows]: as many chunks as `max_chunk` rows each would need,
+// their sizes differing by one at most. 26 rows at most 25 a chunk run as 13 + 13, not
+// 25 + 1, and at most 6 as 6 + 5 + 5 + 5 + 5 (a lone row costs a third more per row than
+// one in a batch).
+std::vector<int64_t> even_chunks(int64_t rows, int64_t max_chunk);
+
 // The CAM family's common end: raw [N,1,h,w] and weights into a, then ReLU
 // (layer_map) and bilinear upsampling to height x width, align_corners = false (map).
 void finish_cam(Attribution* a, const at::Tensor& raw, const at::Tensor& weights, int64_t height, int64_t width);

@@ -52,7 +52,7 @@ Attribution smoothgrad(const Model& model, const at::Tensor& x, const Target& ta
   // Rows are sample-major (row = s * batch + b), so the noise drawn for sample s is the
   // same whatever the chunk size.
   const int64_t rows = n * batch;
-  const int64_t chunk = std::min(rows, chunk_rows(model, xf, options.memory_budget()));
+  const std::vector<int64_t> bounds = detail::even_chunks(rows, chunk_rows(model, xf, options.memory_budget()));
   at::Tensor sum = at::zeros_like(xf), sum_sq = at::zeros_like(xf);
   InputMethod base = options.base();
   if (!base) {
@@ -63,8 +63,8 @@ Attribution smoothgrad(const Model& model, const at::Tensor& x, const Target& ta
   }
   at::Tensor current_noise;
   int64_t current_s = -1;
-  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
-    const int64_t r1 = std::min(rows, r0 + chunk);
+  for (size_t i = 0; i + 1 < bounds.size(); ++i) {
+    const int64_t r0 = bounds[i], r1 = bounds[i + 1];
     std::vector<at::Tensor> parts;
     std::vector<int64_t> examples;
     for (int64_t r = r0; r < r1;) {
