@@ -156,8 +156,8 @@ TEST(IntegratedGradients, StepsNearTheBaselineRunTheOwnGraphAndTheRestTheFoldedC
     auto names = model.frozen_copies();
     return std::find(names.begin(), names.end(), "folded") != names.end();
   };
-  // riemann_left: alpha 0 runs the own graph; with 10 steps, 0.1 (as float32, just
-  // above 0.1) .. 0.9 run the folded copy.
+  // riemann_left: alpha 0 runs the own graph; with 10 steps, so does 0.1 (0.099999994
+  // as float32), and 0.2 .. 0.9 run the folded copy.
   auto o = salient::IntegratedGradientsOptions().n_steps(1).integration(salient::Integration::RiemannLeft);
   salient::integrated_gradients(model, x, reference_targets(), o);  // alpha 0 only
   EXPECT_FALSE(has_folded());
