@@ -13,7 +13,7 @@
 // more than the arithmetic (docs/BENCHMARKS.md, Allocator). This call has glibc serve every
 // block from its heap and keep what is freed there. The process's resident memory then stays
 // at its peak instead of dropping between passes (a 2,000-image `salient batch` peaked at
-// 485 MiB, 477 MiB at 200 images: docs/BENCHMARKS.md). The `salient` CLI
+// 480 MiB, 459 MiB at 200 images: docs/BENCHMARKS.md). The `salient` CLI
 // calls it; a library never changes allocator settings by itself.
 namespace salient {
 

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "salient/smoothgrad.hpp"
+
 namespace salient {
 namespace detail {
 
@@ -89,10 +91,9 @@ std::function<at::Tensor(int64_t, int64_t)> input_rows(const Model& model,
 }
 
 int64_t forward_chunk_rows(const Model& model, const at::Tensor& x, int64_t budget) {
-  // Without autograd a forward holds a few of its values at a time; counting them all keeps
-  // its batches far inside the budget.
-  int64_t per_row = std::max<int64_t>(1, model.bytes_per_sample(sample_shape(x)));
-  return std::max<int64_t>(1, budget / per_row);
+  // Without autograd a forward holds a few of its values at a time; sizing its batches as a
+  // forward and backward's keeps them far inside the budget.
+  return chunk_rows(model, x, budget);
 }
 
 std::vector<int64_t> even_chunks(int64_t rows, int64_t max_chunk) {

@@ -54,7 +54,7 @@ Attribution occlusion(const Model& model, const at::Tensor& x, const Target& tar
     }
     return at::stack(parts);
   };
-  at::Tensor scores = detail::batched_scores(rows, std::min(rows, detail::forward_chunk_rows(model, xf, o.memory_budget())), detail::input_rows(model, make_rows, inference), [&](int64_t r) { return r / (per_sample + 1); }, classes, target, o.score());
+  at::Tensor scores = detail::batched_scores(rows, detail::forward_chunk_rows(model, xf, o.memory_budget()), detail::input_rows(model, make_rows, inference), [&](int64_t r) { return r / (per_sample + 1); }, classes, target, o.score());
   at::Tensor sum = at::zeros({n, 1, h, w}), count = at::zeros({n, 1, h, w});
   auto sc = scores.view({n, per_sample + 1});
   for (int64_t s = 0; s < n; ++s) {
@@ -104,7 +104,7 @@ Attribution rise(const Model& model, const at::Tensor& x, const Target& target, 
     at::Tensor r = at::arange(r0, r1, at::TensorOptions().dtype(at::kLong));
     return xf.index_select(0, r.div(m, "floor")) * masks.index_select(0, r.remainder(m));
   };
-  at::Tensor scores = detail::batched_scores(rows, std::min(rows, detail::forward_chunk_rows(model, xf, o.memory_budget())), detail::input_rows(model, make_rows, inference), [&](int64_t r) { return r / m; }, classes, target, o.score());
+  at::Tensor scores = detail::batched_scores(rows, detail::forward_chunk_rows(model, xf, o.memory_budget()), detail::input_rows(model, make_rows, inference), [&](int64_t r) { return r / m; }, classes, target, o.score());
   // Σ_i score_i M_i / (m p), per sample.
   at::Tensor weighted = at::matmul(scores.view({n, m}), masks.view({m, h * w}));
   a.map = (weighted / (static_cast<double>(m) * o.keep())).view({n, 1, h, w});

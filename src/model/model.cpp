@@ -944,8 +944,8 @@ int64_t Model::bytes_per_sample(const std::vector<int64_t>& input_shape) const {
   // Autograd keeps at most the forward's values, and frees each as the backward passes it;
   // the backward's gradient buffers live a few at a time (two of the largest), and the input
   // is copied a few times (noise, leaf, gradient). ResNet-50 at 224x224: 148 MiB a row
-  // estimated; SmoothGrad- and IG-1000 in chunks of 6 peak 482 and 685 MiB above the loaded
-  // model (docs/BENCHMARKS.md, Memory).
+  // estimated; SmoothGrad- and IG-1000 in chunks of at most 6 peak 464 and 786 MiB above
+  // the loaded model, IG's with its folded copy's weights (docs/BENCHMARKS.md, Memory).
   int64_t bytes = activations + 2 * largest + 4 * x.numel() * static_cast<int64_t>(sizeof(float));
   std::lock_guard<std::mutex> lock(impl_->mu);
   impl_->bytes_cache[input_shape] = bytes;
