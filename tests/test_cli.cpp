@@ -10,6 +10,7 @@
 #include <set>
 
 #include "helpers.hpp"
+#include <torch/cuda.h>
 
 using namespace testing_salient;
 using salient::Model;
@@ -141,6 +142,11 @@ TEST(Cli, BadModelsLayersAndTargetsAreOneLineErrors) {
   expect_bad_input("explain --model " + ref_model() + x + " --method vanilla --targets 1,2", dir + "/o6",
                    "--targets has 2 values for 4 input(s)");
   expect_bad_input("explain --model " + ref_model() + x + " --method magic", dir + "/o7", "unknown method 'magic'");
+  expect_bad_input("explain --model " + ref_model() + x + " --method vanilla --device gpu", dir + "/o8",
+                   "--device 'gpu': expected cpu, cuda or cuda:N");
+  if (!torch::cuda::is_available())
+    expect_bad_input("explain --model " + ref_model() + x + " --method vanilla --device cuda:0", dir + "/o9",
+                     "device cuda:0 is not available here");
 }
 
 TEST(Cli, BadTensorsAndNonFiniteGradientsAreOneLineErrors) {

@@ -1,4 +1,5 @@
 #include "helpers.hpp"
+#include <torch/cuda.h>
 #include <algorithm>
 #include <cstdlib>
 #include <set>
@@ -291,6 +292,26 @@ TEST(ModelLoad, RejectsMissingEmptyAndNonTorchScriptFiles) {
   // A zip archive that is not TorchScript: the reference's README zipped would do; use a .npy-free zip.
   { std::ofstream(dir + "/fake.pt", std::ios::binary) << std::string("PK\x03\x04garbage", 11); }
   EXPECT_NE(msg_of([&] { Model::load(dir + "/fake.pt"); }).find("not a TorchScript model"), std::string::npos);
+}
+
+TEST(ModelLoad, ADeviceThatIsNotHereIsRefusedWithTheReason) {
+  const std::string path = data("reference/smallcnn_traced.pt");
+  EXPECT_TRUE(Model::load(path).device().is_cpu());
+  EXPECT_NE(msg_of([&] { Model::load(path, c10::Device(c10::kMeta)); }).find("only cpu and cuda are supported"),
+            std::string::npos);
+  if (torch::cuda::is_available()) GTEST_SKIP() << "a GPU is here: scripts/device-check covers CUDA";
+  std::string m = msg_of([&] { Model::load(path, c10::Device(c10::kCUDA, 0)); });
+  EXPECT_NE(m.find("device cuda:0 is not available here"), std::string::npos) << m;
+}
+
+TEST(ModelLoad, DeviceIsWhereTheModulesParametersAre) {
+  auto module = torch::jit::load(data("reference/smallcnn_traced.pt"));
+  EXPECT_TRUE(Model::from_module(module).device().is_cpu());
+  // Methods run there: a CPU model's maps and targets are on the CPU.
+  auto model = Model::load(data("reference/smallcnn_traced.pt"));
+  auto a = salient::explain(model, reference()["input"], "gradcam");
+  EXPECT_TRUE(a.map.device().is_cpu());
+  EXPECT_TRUE(a.targets.device().is_cpu());
 }
 
 TEST(ModelForward, RejectedInputSizeGivesTheModelsErrorBriefly) {

@@ -2,13 +2,14 @@
 // Model: a TorchScript classifier that can run batches and hand out the output of
 // any module ("tap") inside the autograd graph, without any change to the model.
 //
-//   salient::Model model = salient::Model::load("resnet50.pt");
+//   salient::Model model = salient::Model::load("resnet50.pt");   // or load(path, torch::kCUDA)
 //   for (const auto& l : model.layers({3, 224, 224}))
 //     std::cout << l.path << " " << l.kind << "\n";                  // layer4, layer4.2.conv3, ...
 //   auto out = model.forward(x, {"layer4"}, salient::Autograd::FromTaps);
 //   auto g = torch::autograd::grad({out.output.select(1, 3).sum()}, {out.taps[0]})[0];
 //
-// The model runs in eval mode during every call (the flags of the caller's module are
+// Methods move their input to the model's device (device()), run there and return their
+// maps there. The model runs in eval mode during every call (the flags of the caller's module are
 // restored afterwards). Parameters are never differentiated: Model::load freezes them,
 // and no method asks autograd for a parameter gradient.
 #include <ATen/core/Tensor.h>
@@ -103,12 +104,17 @@ struct LayerState {
 
 class Model {
  public:
-  // Loads a TorchScript file (torch.jit.trace or torch.jit.script output).
-  static Model load(const std::string& path);
+  // Loads a TorchScript file (torch.jit.trace or torch.jit.script output) onto `device`
+  // (a CUDA device needs a LibTorch built with CUDA, and one present: else salient::Error).
+  static Model load(const std::string& path, c10::Device device = c10::Device(c10::kCPU));
   // Wraps a module the caller owns: its parameters and flags are left as they are.
   static Model from_module(const torch::jit::Module& module, const std::string& name = "module");
 
-  // Runs a batch [N, C, H, W]; taps are module paths, their outputs come back in order.
+  // Where the parameters live (the first parameter's or buffer's device; CPU if none).
+  c10::Device device() const;
+
+  // Runs a batch [N, C, H, W] (moved to device() first); taps are module paths, their
+  // outputs come back in order.
   // With one tap, Autograd::FromTaps or Off and the standard ReLU gradient, a layer's
   // second and later calls run the network up to the layer on a frozen, inference-optimised
   // copy (built then; BatchNorm folded), and the rest on the model's own graph: numerically

@@ -14,11 +14,14 @@
 #include "salient/explain.hpp"
 #include "salient/gradient.hpp"
 #include "salient/integrated_gradients.hpp"
-#include "salient/io.hpp"
 #include "salient/memory.hpp"
 #include "salient/metrics.hpp"
 #include "salient/model.hpp"
 #include "salient/perturbation.hpp"
-#include "salient/render.hpp"
 #include "salient/smoothgrad.hpp"
 #include "salient/target.hpp"
+// io/ and render/ need OpenCV; a core-only build (SALIENT_CORE_ONLY) installs neither.
+#if __has_include("salient/io.hpp") && __has_include(<opencv2/core.hpp>)
+#include "salient/io.hpp"
+#include "salient/render.hpp"
+#endif

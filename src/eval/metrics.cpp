@@ -43,7 +43,7 @@ namespace detail {
 
 at::Tensor saliency_rank(const at::Tensor& map, const at::Tensor& x, ChannelReduce reduce, const char* name) {
   const int64_t n = x.size(0), h = x.size(2), w = x.size(3), hw = h * w;
-  at::Tensor sal = pixel_saliency(map, reduce);
+  at::Tensor sal = pixel_saliency(map, reduce).to(x.device());  // a map may come from another device
   SALIENT_CHECK(sal.size(0) == n && sal.size(1) == h && sal.size(2) == w, name, ": map ", shape_str(map.sizes()),
                 " does not fit the input ", shape_str(x.sizes()));
   at::Tensor order = std::get<1>(at::sort(sal.reshape({n, hw}), /*stable=*/true, /*dim=*/1, /*descending=*/true));
@@ -85,7 +85,7 @@ bool peak(const at::Tensor& m, int64_t* py, int64_t* px) {
 
 Curve perturbation_curve(const Model& model, const at::Tensor& x, const at::Tensor& map, const Target& target,
                          const PerturbationCurveOptions& o, bool insert, const char* name) {
-  at::Tensor xf = detail::checked_input(x, name);
+  at::Tensor xf = detail::checked_input(model, x, name);
   const int64_t n = xf.size(0), h = xf.size(2), w = xf.size(3), hw = h * w;
   at::Tensor rank = detail::saliency_rank(map, xf, o.reduce(), name);
   SALIENT_CHECK(o.step_pixels() > 0 || (o.step_fraction() > 0 && o.step_fraction() <= 1), name,
@@ -126,7 +126,7 @@ Curve perturbation_curve(const Model& model, const at::Tensor& x, const at::Tens
   curve.fraction = thresholds.to(at::kFloat) / static_cast<float>(hw);
   at::Tensor df = curve.fraction.slice(0, 1) - curve.fraction.slice(0, 0, steps);
   curve.auc = ((curve.scores.slice(1, 1) + curve.scores.slice(1, 0, steps)) * 0.5 * df).sum(1);
-  curve.targets = classes.empty() ? at::full({n}, -1, rank.options()) : at::tensor(classes);
+  curve.targets = classes.empty() ? at::full({n}, -1, rank.options()) : at::tensor(classes).to(rank.device());
   curve.forward_samples = probe.forward_samples + rows;
   return curve;
 }
@@ -161,7 +161,7 @@ bool pointing_hit_mask(const at::Tensor& map, const at::Tensor& mask, double tol
   SALIENT_CHECK(where.size(0) > 0, "metrics: the mask is empty");
   int64_t py = 0, px = 0;
   if (!peak(m, &py, &px)) return false;
-  at::Tensor d = where.to(at::kDouble) - at::tensor({static_cast<double>(py), static_cast<double>(px)}, at::kDouble);
+  at::Tensor d = where.to(at::kCPU, at::kDouble) - at::tensor({static_cast<double>(py), static_cast<double>(px)}, at::kDouble);
   const double nearest = d.pow(2).sum(1).min().sqrt().item<double>();
   return nearest <= default_tolerance(m.size(0), m.size(1), tolerance);
 }
@@ -182,13 +182,13 @@ double energy_in_mask(const at::Tensor& map, const at::Tensor& mask, ChannelRedu
                 detail::shape_str(mask.sizes()), " does not fit the ", m.size(0), "x", m.size(1), " map");
   const double total = m.sum().item<double>();
   if (total <= 0) return 0.0;
-  return (m * (mask != 0).to(at::kDouble)).sum().item<double>() / total;
+  return (m * (mask != 0).to(m.device(), at::kDouble)).sum().item<double>() / total;
 }
 
 namespace detail {
 
 std::vector<double> mean_ranks(const at::Tensor& t) {
-  at::Tensor v = t.detach().flatten().to(at::kDouble).contiguous();
+  at::Tensor v = t.detach().flatten().to(at::kCPU, at::kDouble).contiguous();
   const int64_t n = v.numel();
   const double* p = v.data_ptr<double>();
   for (int64_t i = 0; i < n; ++i)
@@ -236,7 +236,7 @@ double spearman(const at::Tensor& a, const at::Tensor& b) {
 double ssim(const at::Tensor& a, const at::Tensor& b) {
   SALIENT_CHECK(a.dim() == 2 && a.sizes() == b.sizes(), "ssim: expected two [H,W] maps of one size");
   auto unit = [](const at::Tensor& t) {
-    at::Tensor d = t.detach().to(at::kDouble);
+    at::Tensor d = t.detach().to(at::kCPU, at::kDouble);  // small maps: the CPU, wherever they were made
     const double lo = d.min().item<double>(), hi = d.max().item<double>();
     return hi > lo ? (d - lo) / (hi - lo) : at::zeros_like(d);
   };

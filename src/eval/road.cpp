@@ -420,6 +420,9 @@ class Imputer {
 
 // Imputes rows x [B,C,H,W] at removed [B,H,W] (bool), adding noise [B,C,H,W] there.
 at::Tensor impute(const at::Tensor& x, const at::Tensor& removed, const at::Tensor& noise) {
+  // The solver is ours, on the CPU: rows from a GPU go there and come back.
+  if (!x.device().is_cpu())
+    return impute(x.to(at::kCPU), removed.to(at::kCPU), noise.to(at::kCPU)).to(x.device());
   const int64_t b = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   at::Tensor xs = x.to(at::kFloat).contiguous();
   at::Tensor filled = xs.clone();
@@ -468,13 +471,13 @@ at::Tensor noisy_linear_imputation(const at::Tensor& x, const at::Tensor& remove
   SALIENT_CHECK(!(r.flatten(1).all(1).any().item<bool>()), "noisy_linear_imputation: a sample has every pixel removed; "
                 "nothing is left to impute from");
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
-  at::Tensor z = at::randn(xf.sizes(), gen, xf.options()) * noise;
+  at::Tensor z = at::randn(xf.sizes(), gen, xf.options().device(at::kCPU)).to(xf.device()) * noise;
   return impute(xf, r, z);
 }
 
 RoadResult road(const Model& model, const at::Tensor& x, const at::Tensor& map, const Target& target,
                 const RoadOptions& o) {
-  at::Tensor xf = detail::checked_input(x, "road");
+  at::Tensor xf = detail::checked_input(model, x, "road");
   const int64_t n = xf.size(0), c = xf.size(1), h = xf.size(2), w = xf.size(3), hw = h * w;
   at::Tensor rank = detail::saliency_rank(map, xf, o.reduce(), "road");
   SALIENT_CHECK(!o.fractions().empty(), "road: fractions is empty");
@@ -490,7 +493,8 @@ RoadResult road(const Model& model, const at::Tensor& x, const at::Tensor& map, 
   // One noise draw per (order, fraction), shared by the samples: a sample's result does
   // not depend on the rest of its batch.
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(o.seed());
-  at::Tensor noise = at::randn({per, c, h, w}, gen, xf.options()) * o.noise();
+  // Drawn on the CPU generator wherever the model runs: the same noise on every device.
+  at::Tensor noise = at::randn({per, c, h, w}, gen, xf.options().device(at::kCPU)).to(xf.device()) * o.noise();
   Attribution probe;
   const auto classes = detail::sample_classes(model, xf, target, inference, &probe);
   const int64_t rows = n * per;
@@ -500,7 +504,7 @@ RoadResult road(const Model& model, const at::Tensor& x, const at::Tensor& map, 
       const int64_t s = r / per, j = r % per, m = counts[j % k];
       masks.push_back(j < k ? rank[s] < m : rank[s] >= hw - m);  // MoRF: top m; LeRF: bottom m
     }
-    at::Tensor idx = at::arange(r0, r1, at::kLong);
+    at::Tensor idx = detail::row_range(r0, r1, xf);
     return impute(xf.index_select(0, idx.div(per, "floor")), at::stack(masks).view({r1 - r0, h, w}),
                   noise.index_select(0, idx.remainder(per)));
   };
@@ -510,13 +514,13 @@ RoadResult road(const Model& model, const at::Tensor& x, const at::Tensor& map, 
                              classes, target, o.score())
           .view({n, 2, k});
   RoadResult res;
-  res.fraction = at::tensor(o.fractions(), at::kDouble).to(at::kFloat);
+  res.fraction = at::tensor(o.fractions(), at::kDouble).to(xf.device(), at::kFloat);
   res.morf = scores.select(1, 0).contiguous();
   res.lerf = scores.select(1, 1).contiguous();
   res.morf_mean = res.morf.mean(1);
   res.lerf_mean = res.lerf.mean(1);
   res.combined = (res.lerf_mean - res.morf_mean) / 2;
-  res.targets = classes.empty() ? at::full({n}, -1, at::kLong) : at::tensor(classes);
+  res.targets = (classes.empty() ? at::full({n}, -1, at::kLong) : at::tensor(classes)).to(xf.device());
   res.forward_samples = probe.forward_samples + rows;
   return res;
 }

@@ -12,7 +12,7 @@ namespace salient {
 
 at::Tensor infidelity(const Model& model, const at::Tensor& x, const at::Tensor& map, const Target& target,
                       const InfidelityOptions& o) {
-  at::Tensor xf = detail::checked_input(x, "infidelity");
+  at::Tensor xf = detail::checked_input(model, x, "infidelity");
   const int64_t n = xf.size(0), k = o.n_perturb();
   SALIENT_CHECK(k >= 1, "infidelity: n_perturb must be >= 1, got ", k);
   SALIENT_CHECK(o.noise_std() > 0, "infidelity: noise_std must be > 0, got ", o.noise_std());
@@ -23,12 +23,15 @@ at::Tensor infidelity(const Model& model, const at::Tensor& x, const at::Tensor&
                 " does not fit the input ", detail::shape_str(xf.sizes()));
   // A NaN anywhere in the map would make every score NaN without a word.
   detail::check_finite(map, "infidelity", "the map");
-  at::Tensor attr = map.detach().to(at::kDouble).expand_as(xf);
+  at::Tensor attr = map.detach().to(xf.device(), at::kDouble).expand_as(xf);
   at::NoGradGuard no_grad;
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(o.seed());
   // One forward (on the frozen graph by default) for the clean rows and every
   // perturbation, perturbation-major after them: row N + j * N + b.
-  at::Tensor noise = at::randn({k, n, xf.size(1), xf.size(2), xf.size(3)}, gen, xf.options()) * o.noise_std();
+  // Drawn on the CPU generator wherever the model runs: the same noise on every device.
+  at::Tensor noise =
+      at::randn({k, n, xf.size(1), xf.size(2), xf.size(3)}, gen, xf.options().device(at::kCPU)).to(xf.device()) *
+      o.noise_std();
   at::Tensor rows = at::cat({xf, (xf.unsqueeze(0) - noise).reshape({k * n, xf.size(1), xf.size(2), xf.size(3)})});
   at::Tensor out = inference.run(model, rows);
   at::Tensor clean_out = out.narrow(0, 0, n), perturbed_out = out.narrow(0, n, k * n);
@@ -50,7 +53,7 @@ at::Tensor infidelity(const Model& model, const at::Tensor& x, const at::Tensor&
 at::Tensor max_sensitivity(const Model& model, const at::Tensor& x, const ExplainFn& explain, const Target& target,
                            const SensitivityOptions& o) {
   SALIENT_CHECK(explain != nullptr, "max_sensitivity: no method given");
-  at::Tensor xf = detail::checked_input(x, "max_sensitivity");
+  at::Tensor xf = detail::checked_input(model, x, "max_sensitivity");
   SALIENT_CHECK(o.n_perturb() >= 1, "max_sensitivity: n_perturb must be >= 1, got ", o.n_perturb());
   SALIENT_CHECK(o.radius() > 0, "max_sensitivity: radius must be > 0, got ", o.radius());
   SALIENT_CHECK(o.perturbations_per_batch() >= 1, "max_sensitivity: perturbations_per_batch must be >= 1, got ",
@@ -61,13 +64,14 @@ at::Tensor max_sensitivity(const Model& model, const at::Tensor& x, const Explai
   detail::check_finite(e0, "max_sensitivity", "the explanation of the input");
   at::Tensor norm0 = e0.norm(2, {1});
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(o.seed());
-  at::Tensor best = at::zeros({n}, at::kDouble);
+  at::Tensor best = at::zeros({n}, e0.options());
   const int64_t k = o.n_perturb(), per = o.perturbations_per_batch();
   for (int64_t j0 = 0; j0 < k; j0 += per) {
     // Perturbation-major rows j * N + b, explained in one call.
     const int64_t j1 = std::min(k, j0 + per);
     std::vector<at::Tensor> rows;
-    for (int64_t j = j0; j < j1; ++j) rows.push_back(xf + (at::rand(xf.sizes(), gen, xf.options()) * 2 - 1) * o.radius());
+    for (int64_t j = j0; j < j1; ++j)
+      rows.push_back(xf + (at::rand(xf.sizes(), gen, xf.options().device(at::kCPU)).to(xf.device()) * 2 - 1) * o.radius());
     const Target tj = t.select(at::arange(n, at::kLong).repeat({j1 - j0}), n);
     at::Tensor e = explain(model, at::cat(rows), tj).map.detach().to(at::kDouble).reshape({j1 - j0, n, -1});
     detail::check_finite(e, "max_sensitivity", "the explanation of a perturbed input");

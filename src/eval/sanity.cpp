@@ -11,7 +11,7 @@ namespace salient {
 SanityCurve cascading_randomization(const Model& model, const at::Tensor& x, const ExplainFn& explain,
                                     const Target& target, const SanityOptions& options) {
   SALIENT_CHECK(explain != nullptr, "sanity check: no method given");
-  at::Tensor xf = detail::checked_input(x, "sanity check");
+  at::Tensor xf = detail::checked_input(model, x, "sanity check");
   // The class stays the original model's, as Adebayo et al. compare maps of one class.
   const Target fixed = detail::fixed_target(model, xf, target);
   const int64_t n = xf.size(0);

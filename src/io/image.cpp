@@ -167,7 +167,7 @@ Prepared prepare(const cv::Mat& rgb, const Preprocess& pre, int channels) {
 }
 
 cv::Mat tensor_to_image(const at::Tensor& chw, const Preprocess& pre) {
-  at::Tensor t = chw.detach().to(at::kFloat);
+  at::Tensor t = chw.detach().to(at::kCPU, at::kFloat);
   SALIENT_CHECK(t.dim() == 3, "expected one sample [C, H, W]");
   const int64_t c = t.size(0);
   if (c == 1 || c == 3) {

@@ -22,7 +22,7 @@ struct LayerPass {
 
 LayerPass layer_pass(const Model& model, const at::Tensor& x, const Target& target, const std::string& requested,
                      const char* method) {
-  at::Tensor xf = detail::checked_input(x, method);
+  at::Tensor xf = detail::checked_input(model, x, method);
   LayerPass p;
   p.height = xf.size(2);
   p.width = xf.size(3);
@@ -97,7 +97,7 @@ Attribution score_weighted(const Model& model, LayerPass& p, const at::Tensor& x
   std::vector<int64_t> classes;
   if (!target.is_function()) classes = detail::to_vector(p.result.targets);
   auto make_rows = [&](int64_t r0, int64_t r1) {
-    at::Tensor r = at::arange(r0, r1, at::TensorOptions().dtype(at::kLong));
+    at::Tensor r = detail::row_range(r0, r1, xf);
     at::Tensor sample = r.div(k, "floor");
     at::Tensor channel = selected.flatten().index_select(0, r);
     at::Tensor maps = p.act.flatten(0, 1).index_select(0, sample * c + channel).view({-1, 1, h, w});
@@ -108,7 +108,7 @@ Attribution score_weighted(const Model& model, LayerPass& p, const at::Tensor& x
   };
   const int64_t rows = n * k;
   at::Tensor scores = detail::batched_scores(rows, detail::forward_chunk_rows(model, xf, budget), detail::input_rows(model, make_rows, inference), [&](int64_t r) { return r / k; }, classes, target, score);
-  at::Tensor weights = at::zeros({n, c});
+  at::Tensor weights = at::zeros({n, c}, p.act.options());
   weights.scatter_(1, selected, at::softmax(scores.view({n, k}), 1));
   p.result.forward_samples += rows;
   at::Tensor raw = (weights.unsqueeze(-1).unsqueeze(-1) * p.act).sum(1, /*keepdim=*/true);
@@ -120,10 +120,10 @@ Attribution score_weighted(const Model& model, LayerPass& p, const at::Tensor& x
 Attribution scorecam(const Model& model, const at::Tensor& x, const Target& target, const ScoreCamOptions& o) {
   SALIENT_CHECK(o.memory_budget() > 0, "scorecam: memory_budget must be > 0");
   const auto inference = detail::inference("scorecam", o.optimized(), o.precision());
-  at::Tensor xf = detail::checked_input(x, "scorecam");
+  at::Tensor xf = detail::checked_input(model, x, "scorecam");
   LayerPass p = layer_pass(model, xf, target, o.layer(), "scorecam");
   at::NoGradGuard no_grad;
-  at::Tensor all = at::arange(p.act.size(1), at::TensorOptions().dtype(at::kLong)).unsqueeze(0).expand({xf.size(0), -1});
+  at::Tensor all = detail::row_range(0, p.act.size(1), xf).unsqueeze(0).expand({xf.size(0), -1});
   return score_weighted(model, p, xf, target, all.contiguous(), o.score(), o.memory_budget(), inference);
 }
 
@@ -132,7 +132,7 @@ Attribution faster_scorecam(const Model& model, const at::Tensor& x, const Targe
   SALIENT_CHECK(o.top_k() > 0, "faster_scorecam: top_k must be > 0, got ", o.top_k());
   SALIENT_CHECK(o.memory_budget() > 0, "faster_scorecam: memory_budget must be > 0");
   const auto inference = detail::inference("faster_scorecam", o.optimized(), o.precision());
-  at::Tensor xf = detail::checked_input(x, "faster_scorecam");
+  at::Tensor xf = detail::checked_input(model, x, "faster_scorecam");
   LayerPass p =
       layer_pass(model, xf, target, o.layer(), "faster_scorecam");
   at::NoGradGuard no_grad;
@@ -155,7 +155,7 @@ struct Split {
 Split split_at(const Model& model, const at::Tensor& x, const Target& target, const std::string& requested,
                const char* method) {
   Split s;
-  s.xf = detail::checked_input(x, method);
+  s.xf = detail::checked_input(model, x, method);
   std::string layer = requested.empty() ? model.default_cam_layer(detail::sample_shape(s.xf)) : requested;
   model.check_layer(layer);
   s.state = model.run_to_layer(s.xf, layer);
@@ -179,7 +179,7 @@ at::Tensor suffix_scores(const Model& model, Split& s, const Target& target, Sco
   std::vector<int64_t> classes;
   if (!target.is_function()) classes = detail::to_vector(s.pass.result.targets);
   auto outputs_of = [&](int64_t r0, int64_t r1) {
-    at::Tensor examples = at::arange(r0, r1, at::TensorOptions().dtype(at::kLong)).div(per_sample, "floor");
+    at::Tensor examples = detail::row_range(r0, r1, s.xf).div(per_sample, "floor");
     return model.run_from_layer(s.state, make_rows(r0, r1), examples);
   };
   at::Tensor scores = detail::batched_scores(
@@ -202,10 +202,14 @@ Attribution ablationcam(const Model& model, const at::Tensor& x, const Target& t
   at::Tensor lows = std::get<0>(act.flatten(1).min(1));
   at::Tensor values = at::where(lows == 0, at::zeros_like(lows), lows - 1e7);
   auto make_rows = [&](int64_t r0, int64_t r1) {
-    at::Tensor r = at::arange(r0, r1, at::TensorOptions().dtype(at::kLong));
+    at::Tensor r = detail::row_range(r0, r1, act);
     at::Tensor sample = r.div(c, "floor"), channel = r.remainder(c);
     at::Tensor rows = act.index_select(0, sample).clone();
-    for (int64_t i = 0; i < r1 - r0; ++i) rows[i][channel[i].item<int64_t>()].fill_(values[sample[i]].item<double>());
+    // Row i's channel channel[i] set to its sample's value, in one indexed write (a loop
+    // of element reads would wait on the device once per row).
+    at::Tensor planes = rows.view({r1 - r0, c, -1});
+    planes.index_put_({detail::row_range(0, r1 - r0, act), channel},
+                      values.index_select(0, sample).to(planes.scalar_type()).unsqueeze(1).expand({r1 - r0, planes.size(2)}));
     return rows;
   };
   at::Tensor ablated = suffix_scores(model, s, target, o.score(), n * c, c, o.memory_budget(), make_rows).view({n, c});
@@ -222,7 +226,7 @@ Attribution reciprocam(const Model& model, const at::Tensor& x, const Target& ta
   const at::Tensor& act = s.pass.act;
   const int64_t n = act.size(0), h = act.size(2), w = act.size(3), hw = h * w;
   // One spatial mask per position: a one-hot, or a 3x3 Gaussian clipped at the border.
-  at::Tensor masks = at::zeros({hw, 1, h, w});
+  at::Tensor masks = at::zeros({hw, 1, h, w});  // built here, then moved to the activations' device
   const double kernel[3][3] = {{1 / 16.0, 1 / 8.0, 1 / 16.0}, {1 / 8.0, 1 / 4.0, 1 / 8.0}, {1 / 16.0, 1 / 8.0, 1 / 16.0}};
   auto mk = masks.accessor<float, 4>();
   for (int64_t i = 0; i < h; ++i)
@@ -236,8 +240,9 @@ Attribution reciprocam(const Model& model, const at::Tensor& x, const Target& ta
           if (i + di >= 0 && i + di < h && j + dj >= 0 && j + dj < w)
             mk[i * w + j][0][i + di][j + dj] = static_cast<float>(kernel[di + 1][dj + 1]);
     }
+  masks = masks.to(act.device(), act.scalar_type());
   auto make_rows = [&](int64_t r0, int64_t r1) {
-    at::Tensor r = at::arange(r0, r1, at::TensorOptions().dtype(at::kLong));
+    at::Tensor r = detail::row_range(r0, r1, act);
     return act.index_select(0, r.div(hw, "floor")) * masks.index_select(0, r.remainder(hw));
   };
   at::Tensor scores = suffix_scores(model, s, target, o.score(), n * hw, hw, o.memory_budget(), make_rows);

@@ -34,14 +34,22 @@ at::Tensor checked_input(const at::Tensor& x, const char* method) {
   return xf;
 }
 
+at::Tensor checked_input(const Model& model, const at::Tensor& x, const char* method) {
+  return checked_input(x, method).to(model.device());
+}
+
 void check_finite(const at::Tensor& t, const char* method, const char* what) {
   SALIENT_CHECK(all_finite(t), method, ": non-finite values (NaN or Inf) in ",
                 what);
 }
 
 std::vector<int64_t> to_vector(const at::Tensor& t) {
-  at::Tensor c = t.to(at::kLong).contiguous();
+  at::Tensor c = t.to(at::kCPU, at::kLong).contiguous();
   return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+}
+
+at::Tensor row_range(int64_t r0, int64_t r1, const at::Tensor& like) {
+  return at::arange(r0, r1, at::TensorOptions().dtype(at::kLong).device(like.device()));
 }
 
 at::Tensor Inference::run(const Model& model, const at::Tensor& x) const {

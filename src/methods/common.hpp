@@ -18,7 +18,10 @@ namespace detail {
 std::string shape_str(at::IntArrayRef s);
 
 // The boundary check every method runs: a defined, finite, floating [N,C,H,W] batch.
-// Returns it as float32.
+// Returns it as float32 on the model's device (Model::device): methods run there, and
+// their maps come back there.
+at::Tensor checked_input(const Model& model, const at::Tensor& x, const char* method);
+// The same check without a model: float32 where x is.
 at::Tensor checked_input(const at::Tensor& x, const char* method);
 
 // True when t holds no NaN or Inf.
@@ -26,7 +29,10 @@ bool all_finite(const at::Tensor& t);
 
 void check_finite(const at::Tensor& t, const char* method, const char* what);
 
-std::vector<int64_t> to_vector(const at::Tensor& t);  // int64 values
+std::vector<int64_t> to_vector(const at::Tensor& t);  // int64 values, from any device
+
+// int64 indices [r0, r1) where `like` lives (index_select wants its index on its device).
+at::Tensor row_range(int64_t r0, int64_t r1, const at::Tensor& like);
 
 // Where a forward-only method runs its rows: the frozen inference copy (optimized) in
 // `precision`, or the model as it is (float32 only).

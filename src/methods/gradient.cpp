@@ -36,7 +36,7 @@ Attribution guided_backprop(const Model& model, const at::Tensor& x, const Targe
 Attribution deconvnet(const Model& model, const at::Tensor& x, const Target& target, const DeconvnetOptions& options) {
   // Deconvnet's ReLUs pass gradients unmasked, which needs its own forward graph (a
   // BatchNorm-folded copy with the ReLUs rewritten).
-  at::Tensor leaf = detail::checked_input(x, "deconvnet").clone().requires_grad_(true);
+  at::Tensor leaf = detail::checked_input(model, x, "deconvnet").clone().requires_grad_(true);
   auto fr = model.forward(leaf, {}, Autograd::Input, ReluGradient::Deconvnet);
   clamp_relu_gradients(fr);
   Attribution a;

@@ -167,6 +167,9 @@ double top_eigenvector(int64_t k, double trace, const Apply& apply, double* v) {
 // eigenvector of the smaller of M M^T (M v1 = s1 u1, s1^2 its eigenvalue) and M^T M.
 // M is kept as its transpose [C, hw], the layout of the activations: no copy transposes.
 at::Tensor principal_projection(const at::Tensor& m, const std::string& method, const char* what) {
+  // The eigensolver is ours, on the CPU: a GPU's activations come over (a layer's [C, h, w]
+  // per sample) and the map goes back.
+  if (!m.device().is_cpu()) return principal_projection(m.to(at::kCPU), method, what).to(m.device());
   const int64_t n = m.size(0), c = m.size(1), h = m.size(2), w = m.size(3), hw = h * w;
   // M^T, centred, in double: one pass of our own (tensor ops took 3-6x as long here).
   const at::Tensor src = m.scalar_type() == at::kDouble ? m.contiguous() : m.to(at::kFloat).contiguous();
@@ -407,7 +410,7 @@ GradientPass gradient_pass(const Model& model, const at::Tensor& x, const Target
   const char* name = methods.size() == 1 ? methods[0].c_str() : "explain";
   for (const auto& m : methods) SALIENT_CHECK(shares_gradient_pass(m), "internal: '", m, "' has no gradient pass");
   GradientPass p;
-  p.x = checked_input(x, name);
+  p.x = checked_input(model, x, name);
   const bool input_grad = any_of(methods, kInputGradient), guided = any_of(methods, kGuided);
   const bool cam = any_of(methods, kLayer), cam_grad = any_of(methods, kLayerGradient);
   const bool bias = std::count(methods.begin(), methods.end(), "fullgrad") > 0;

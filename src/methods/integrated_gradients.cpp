@@ -129,7 +129,7 @@ at::Tensor gaussian_blur(const at::Tensor& x, int64_t kernel, double sigma) {
 
 at::Tensor make_baseline(const at::Tensor& x, const IntegratedGradientsOptions& o) {
   if (o.baseline().defined()) {
-    at::Tensor b = o.baseline().detach().to(at::kFloat);
+    at::Tensor b = o.baseline().detach().to(x.device(), at::kFloat);
     if (b.dim() == 3) b = b.unsqueeze(0);
     SALIENT_CHECK(b.dim() == 4 && b.sizes().slice(1) == x.sizes().slice(1) && (b.size(0) == 1 || b.size(0) == x.size(0)),
                   "integrated_gradients: baseline of shape ", detail::shape_str(o.baseline().sizes()),
@@ -149,7 +149,7 @@ at::Tensor make_baseline(const at::Tensor& x, const IntegratedGradientsOptions& 
       // One draw shared by the batch: a sample's baseline does not depend on the others.
       std::vector<int64_t> one = x.sizes().vec();
       one[0] = 1;
-      return lo + (hi - lo) * at::rand(one, gen, x.options());
+      return lo + (hi - lo) * at::rand(one, gen, x.options().device(at::kCPU)).to(x.device());
     }
   }
   return {};
@@ -164,7 +164,7 @@ constexpr double kOwnGraphBelowAlpha = 0.1;
 
 Attribution integrated_gradients(const Model& model, const at::Tensor& x, const Target& target,
                                  const IntegratedGradientsOptions& o) {
-  at::Tensor xf = detail::checked_input(x, "integrated_gradients");
+  at::Tensor xf = detail::checked_input(model, x, "integrated_gradients");
   const int64_t n = o.n_steps(), batch = xf.size(0);
   Quadrature q = quadrature(o.integration(), n);
   SALIENT_CHECK(o.memory_budget() > 0, "integrated_gradients: memory_budget must be > 0");
@@ -181,8 +181,8 @@ Attribution integrated_gradients(const Model& model, const at::Tensor& x, const 
   // Rows are step-major (row = k * batch + b), as Captum batches them.
   const int64_t rows = n * batch;
   const int64_t chunk = chunk_rows(model, xf, o.memory_budget());
-  at::Tensor alphas = at::tensor(q.alphas, at::TensorOptions().dtype(at::kDouble)).to(at::kFloat);
-  at::Tensor weights = at::tensor(q.weights, at::TensorOptions().dtype(at::kDouble)).to(at::kFloat);
+  at::Tensor alphas = at::tensor(q.alphas, at::TensorOptions().dtype(at::kDouble)).to(xf.device(), at::kFloat);
+  at::Tensor weights = at::tensor(q.weights, at::TensorOptions().dtype(at::kDouble)).to(xf.device(), at::kFloat);
   at::Tensor total = at::zeros_like(xf);
   // Steps near the baseline run the model's own graph, the rest Autograd::Input's copy with
   // BatchNorm folded (0.85-0.95 of the own graph's time). Near the baseline the activations
@@ -199,7 +199,7 @@ Attribution integrated_gradients(const Model& model, const at::Tensor& x, const 
   }
   for (size_t i = 0; i + 1 < bounds.size(); ++i) {
     const int64_t r0 = bounds[i], r1 = bounds[i + 1];
-    at::Tensor r = at::arange(r0, r1, at::TensorOptions().dtype(at::kLong));
+    at::Tensor r = detail::row_range(r0, r1, xf);
     at::Tensor step = r.div(batch, "floor"), example = r.remainder(batch);
     at::Tensor alpha = alphas.index_select(0, step).view({-1, 1, 1, 1});
     at::Tensor leaf = (base.index_select(0, example) + alpha * diff.index_select(0, example)).requires_grad_(true);

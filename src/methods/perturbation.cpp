@@ -21,7 +21,7 @@ std::vector<int64_t> window_starts(int64_t size, int64_t window, int64_t stride)
 }  // namespace
 
 Attribution occlusion(const Model& model, const at::Tensor& x, const Target& target, const OcclusionOptions& o) {
-  at::Tensor xf = detail::checked_input(x, "occlusion");
+  at::Tensor xf = detail::checked_input(model, x, "occlusion");
   const int64_t n = xf.size(0), h = xf.size(2), w = xf.size(3);
   SALIENT_CHECK(o.window() >= 1 && o.stride() >= 1, "occlusion: window and stride must be >= 1, got ", o.window(),
                 " and ", o.stride());
@@ -55,8 +55,10 @@ Attribution occlusion(const Model& model, const at::Tensor& x, const Target& tar
     return at::stack(parts);
   };
   at::Tensor scores = detail::batched_scores(rows, detail::forward_chunk_rows(model, xf, o.memory_budget()), detail::input_rows(model, make_rows, inference), [&](int64_t r) { return r / (per_sample + 1); }, classes, target, o.score());
+  // Windows are summed on the CPU (a GPU would wait once per window read) and the map
+  // moved to the input's device.
   at::Tensor sum = at::zeros({n, 1, h, w}), count = at::zeros({n, 1, h, w});
-  auto sc = scores.view({n, per_sample + 1});
+  auto sc = scores.view({n, per_sample + 1}).to(at::kCPU);
   for (int64_t s = 0; s < n; ++s) {
     const double clean = sc[s][0].item<double>();
     for (int64_t p = 0; p < per_sample; ++p) {
@@ -67,8 +69,8 @@ Attribution occlusion(const Model& model, const at::Tensor& x, const Target& tar
       count[s].narrow(1, y0, wh).narrow(2, x0, ww).add_(1.0);
     }
   }
-  a.map = (sum / count.clamp_min(1.0)).expand_as(xf).contiguous();
-  a.targets = classes.empty() ? at::full({n}, -1, at::TensorOptions().dtype(at::kLong)) : at::tensor(classes);
+  a.map = (sum / count.clamp_min(1.0)).to(xf.device()).expand_as(xf).contiguous();
+  a.targets = (classes.empty() ? at::full({n}, -1, at::TensorOptions().dtype(at::kLong)) : at::tensor(classes)).to(xf.device());
   a.forward_samples += rows;
   return a;
 }
@@ -92,23 +94,23 @@ at::Tensor rise_masks(int64_t n_masks, int64_t height, int64_t width, const Rise
 }
 
 Attribution rise(const Model& model, const at::Tensor& x, const Target& target, const RiseOptions& o) {
-  at::Tensor xf = detail::checked_input(x, "rise");
+  at::Tensor xf = detail::checked_input(model, x, "rise");
   const int64_t n = xf.size(0), h = xf.size(2), w = xf.size(3), m = o.n_masks();
   SALIENT_CHECK(o.memory_budget() > 0, "rise: memory_budget must be > 0");
   const auto inference = detail::inference("rise", o.optimized(), o.precision());
-  at::Tensor masks = rise_masks(m, h, w, o);
+  at::Tensor masks = rise_masks(m, h, w, o).to(xf.device());  // drawn on the CPU: the same on every device
   Attribution a;
   const auto classes = detail::sample_classes(model, xf, target, inference, &a);
   const int64_t rows = n * m;  // sample-major: row = s * m + i
   auto make_rows = [&](int64_t r0, int64_t r1) {
-    at::Tensor r = at::arange(r0, r1, at::TensorOptions().dtype(at::kLong));
+    at::Tensor r = detail::row_range(r0, r1, xf);
     return xf.index_select(0, r.div(m, "floor")) * masks.index_select(0, r.remainder(m));
   };
   at::Tensor scores = detail::batched_scores(rows, detail::forward_chunk_rows(model, xf, o.memory_budget()), detail::input_rows(model, make_rows, inference), [&](int64_t r) { return r / m; }, classes, target, o.score());
   // Σ_i score_i M_i / (m p), per sample.
   at::Tensor weighted = at::matmul(scores.view({n, m}), masks.view({m, h * w}));
   a.map = (weighted / (static_cast<double>(m) * o.keep())).view({n, 1, h, w});
-  a.targets = classes.empty() ? at::full({n}, -1, at::TensorOptions().dtype(at::kLong)) : at::tensor(classes);
+  a.targets = (classes.empty() ? at::full({n}, -1, at::TensorOptions().dtype(at::kLong)) : at::tensor(classes)).to(xf.device());
   a.forward_samples += rows;
   return a;
 }

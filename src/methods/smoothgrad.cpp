@@ -16,7 +16,7 @@ int64_t chunk_rows(const Model& model, const at::Tensor& x, int64_t budget) {
 
 Attribution smoothgrad(const Model& model, const at::Tensor& x, const Target& target,
                        const SmoothGradOptions& options) {
-  at::Tensor xf = detail::checked_input(x, "smoothgrad");
+  at::Tensor xf = detail::checked_input(model, x, "smoothgrad");
   const int64_t n = options.n_samples();
   SALIENT_CHECK(n >= 1, "smoothgrad: n_samples must be >= 1, got ", n);
   SALIENT_CHECK(options.noise_level() >= 0, "smoothgrad: noise_level must be >= 0, got ",
@@ -33,7 +33,7 @@ Attribution smoothgrad(const Model& model, const at::Tensor& x, const Target& ta
     a.forward_samples += batch;
     resolved = Target::per_sample(detail::to_vector(target.resolve(a.output)));
   }
-  at::Tensor targets_out = at::full({batch}, -1, at::TensorOptions().dtype(at::kLong));
+  at::Tensor targets_out = at::full({batch}, -1, at::TensorOptions().dtype(at::kLong).device(xf.device()));
 
   at::Tensor flat = xf.flatten(1);
   at::Tensor stdev = options.noise_level() * (std::get<0>(flat.max(1)) - std::get<0>(flat.min(1)));
@@ -42,10 +42,11 @@ Attribution smoothgrad(const Model& model, const at::Tensor& x, const Target& ta
   if (!noise) {
     // One draw per noisy sample, shared by the batch (scaled by each example's std): an
     // example's map does not depend on the other examples or on its place in the batch.
+    // Drawn on the CPU generator wherever the model runs: the same noise on every device.
     noise = [&gen](int64_t, const at::Tensor& xs, const at::Tensor& sd) {
       std::vector<int64_t> one = xs.sizes().vec();
       one[0] = 1;
-      return at::randn(one, gen, xs.options()) * sd.view({-1, 1, 1, 1});
+      return at::randn(one, gen, xs.options().device(at::kCPU)).to(xs.device()) * sd.view({-1, 1, 1, 1});
     };
   }
 
@@ -80,7 +81,7 @@ Attribution smoothgrad(const Model& model, const at::Tensor& x, const Target& ta
       r += b1 - b0;
     }
     at::Tensor rows_x = at::cat(parts);
-    at::Tensor idx = at::tensor(examples, at::TensorOptions().dtype(at::kLong));
+    at::Tensor idx = at::tensor(examples, at::TensorOptions().dtype(at::kLong)).to(xf.device());
     // The base sees each noisy row with its example's class (or the score function).
     Attribution b = base(model, rows_x, resolved.select(idx, batch));
     if (b.targets.defined()) targets_out.index_copy_(0, idx, b.targets);

@@ -42,7 +42,7 @@ at::Tensor Target::resolve(const at::Tensor& output) const {
   SALIENT_CHECK(output.dim() == 2, "model output has shape ", detail::shape_str(output.sizes()),
                 "; class targets need [N, classes]");
   if (kind_ == Kind::Predicted) return output.detach().argmax(1);
-  return resolve(output.size(0), output.size(1));
+  return resolve(output.size(0), output.size(1)).to(output.device());
 }
 
 at::Tensor Target::resolve(int64_t n, int64_t k) const {
@@ -97,7 +97,7 @@ Target Target::select(const at::Tensor& rows, int64_t n) const {
       SALIENT_FAIL("the predicted target must be resolved before selecting rows");
     case Kind::PerSample: {
       SALIENT_CHECK(static_cast<int64_t>(classes_.size()) == n, "got ", classes_.size(), " targets for a batch of ", n);
-      at::Tensor r = rows.to(at::kLong).contiguous();
+      at::Tensor r = rows.to(at::kCPU, at::kLong).contiguous();
       std::vector<int64_t> picked;
       for (int64_t i = 0; i < r.numel(); ++i) picked.push_back(classes_.at(r.data_ptr<int64_t>()[i]));
       return per_sample(picked);

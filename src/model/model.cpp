@@ -6,6 +6,7 @@
 
 #include <torch/csrc/jit/ir/constants.h>
 #include <torch/csrc/jit/runtime/interpreter.h>
+#include <torch/cuda.h>
 #include <torch/script.h>
 
 #include <algorithm>
@@ -152,6 +153,7 @@ struct Model::Impl {
   mutable std::map<std::string, int> prefix_calls;
   // A randomized() copy explains once per block: freezing it would cost more than it saves.
   bool fold = true;
+  c10::Device device = c10::Device(c10::kCPU);  // of the first parameter or buffer
 
   // The copy of `kind`, current with the module; `build` freezes `copy` (a clone of the
   // module in eval mode, so that the caller's module keeps its flags, weights and dtype)
@@ -412,10 +414,16 @@ struct Model::Impl {
       if (kind.empty() && nm.value.type()->name()) kind = nm.value.type()->name()->name();
       modules.emplace_back(nm.name, kind);
     }
+    device = c10::Device(c10::kCPU);
+    bool found = false;
+    for (const auto& p : module.parameters())
+      if (!found) device = p.device(), found = true;
+    for (const auto& b : module.buffers())
+      if (!found && b.defined()) device = b.device(), found = true;
   }
 };
 
-Model Model::load(const std::string& path) {
+Model Model::load(const std::string& path, c10::Device device) {
   std::ifstream f(path, std::ios::binary);
   SALIENT_CHECK(f.good(), "model file '", path, "' not found or not readable");
   f.seekg(0, std::ios::end);
@@ -426,10 +434,14 @@ Model Model::load(const std::string& path) {
   SALIENT_CHECK(magic[0] == 'P' && magic[1] == 'K', "model file '", path,
                 "' is not a TorchScript model (not a zip archive; export it with torch.jit.trace "
                 "or torch.jit.script and save it with .save())");
+  SALIENT_CHECK(device.is_cpu() || (device.is_cuda() && torch::cuda::is_available()), "model file '", path,
+                "': device ", device.str(), " is not available here (",
+                device.is_cuda() ? "this LibTorch has no CUDA, or no GPU is present" : "only cpu and cuda are supported",
+                ")");
   auto impl = std::make_shared<Impl>();
   impl->name = path;
   try {
-    impl->module = torch::jit::load(path, c10::Device(c10::kCPU));
+    impl->module = torch::jit::load(path, device);
   } catch (const std::exception& e) {
     SALIENT_FAIL("model file '", path, "' is not a TorchScript model (", brief(e),
                  "); export it with torch.jit.trace or torch.jit.script");
@@ -520,8 +532,10 @@ Model Model::randomized(const std::vector<std::string>& modules, uint64_t seed) 
         const double mean = v.numel() > 0 ? v.mean().item<double>() : 0.0;
         const double sd = v.numel() > 1 ? v.std(/*unbiased=*/false).item<double>() : 0.0;
         // A new tensor for the copy: the original model's parameters are never written.
-        at::Tensor fresh = at::empty(v.sizes(), v.options());
+        // Drawn on the CPU generator wherever the model lives: the same copy on every device.
+        at::Tensor fresh = at::empty(v.sizes(), v.options().device(at::kCPU));
         fresh.normal_(mean, sd, gen);
+        fresh = fresh.to(v.device());
         sub.register_parameter(p.first, fresh, /*is_buffer=*/false);
       }
     }
@@ -531,6 +545,7 @@ Model Model::randomized(const std::vector<std::string>& modules, uint64_t seed) 
   impl->name = impl_->name + " (randomized)";
   impl->module = copy;
   impl->fold = false;
+  impl->device = impl_->device;
   return Model(impl);
 }
 
@@ -550,9 +565,12 @@ void Model::check_layer(const std::string& path) const {
   SALIENT_FAIL("unknown layer '", path, "' in model '", impl_->name, "'; closest: ", closest);
 }
 
-ForwardResult Model::forward(const at::Tensor& x, const std::vector<std::string>& taps, Autograd autograd,
+ForwardResult Model::forward(const at::Tensor& input, const std::vector<std::string>& taps, Autograd autograd,
                              ReluGradient relu) const {
-  SALIENT_CHECK(x.defined(), "model '", impl_->name, "': input tensor is undefined");
+  SALIENT_CHECK(input.defined(), "model '", impl_->name, "': input tensor is undefined");
+  // On the model's device (the same tensor when it is there already; a copy keeps the
+  // autograd path back to the caller's tensor otherwise).
+  const at::Tensor x = input.to(impl_->device);
   for (const auto& t : taps) check_layer(t);
   std::shared_ptr<const Impl::Frozen> folded;
   if (autograd == Autograd::Input) {
@@ -634,8 +652,9 @@ bool native_bf16() {
   return has;
 }
 
-at::Tensor Model::infer(const at::Tensor& x, Precision precision) const {
-  SALIENT_CHECK(x.defined(), "model '", impl_->name, "': input tensor is undefined");
+at::Tensor Model::infer(const at::Tensor& input, Precision precision) const {
+  SALIENT_CHECK(input.defined(), "model '", impl_->name, "': input tensor is undefined");
+  const at::Tensor x = input.to(impl_->device);
   const bool bf16 = precision == Precision::BFloat16;
   auto f = impl_->frozen_copy(bf16 ? Impl::kInferBFloat16 : Impl::kInferFloat32, [&](torch::jit::Module& copy,
                                                                                     Impl::Frozen* fr) {
@@ -676,8 +695,9 @@ std::vector<std::string> Model::frozen_copies() const {
   return names;
 }
 
-LayerState Model::run_to_layer(const at::Tensor& x, const std::string& layer) const {
-  SALIENT_CHECK(x.defined(), "model '", impl_->name, "': input tensor is undefined");
+LayerState Model::run_to_layer(const at::Tensor& input, const std::string& layer) const {
+  SALIENT_CHECK(input.defined(), "model '", impl_->name, "': input tensor is undefined");
+  const at::Tensor x = input.to(impl_->device);
   check_layer(layer);
   const model::ValueRef ref = impl_->graph->module_outputs().at(layer).ref;
   auto suffix = impl_->suffix_code(layer);
@@ -748,7 +768,7 @@ std::vector<LayerInfo> Model::layers(const std::vector<int64_t>& input_shape) co
   std::vector<int64_t> shape{1};
   shape.insert(shape.end(), input_shape.begin(), input_shape.end());
   auto names = tappable_layers();
-  auto r = forward(at::zeros(shape), names, Autograd::Off);
+  auto r = forward(at::zeros(shape, at::TensorOptions().device(impl_->device)), names, Autograd::Off);
   std::map<std::string, std::vector<int64_t>> shapes;
   for (size_t i = 0; i < names.size(); ++i) shapes[names[i]] = r.taps[i].sizes().vec();
   std::vector<LayerInfo> out;
@@ -924,7 +944,7 @@ int64_t Model::bytes_per_sample(const std::vector<int64_t>& input_shape) const {
   torch::jit::Code code(g, "salient_probe");
   std::vector<int64_t> shape{1};
   shape.insert(shape.end(), input_shape.begin(), input_shape.end());
-  at::Tensor x = at::zeros(shape);
+  at::Tensor x = at::zeros(shape, at::TensorOptions().device(impl_->device));
   std::vector<c10::IValue> stack;
   {
     at::NoGradGuard no_grad;
@@ -953,6 +973,7 @@ int64_t Model::bytes_per_sample(const std::vector<int64_t>& input_shape) const {
 }
 
 const std::string& Model::name() const { return impl_->name; }
+c10::Device Model::device() const { return impl_->device; }
 torch::jit::Module& Model::module() const { return impl_->module; }
 
 }  // namespace salient

@@ -36,6 +36,7 @@ namespace {
 
 struct BatchArgs {
   std::string model, images, data, out;
+  std::string device = "cpu";
   std::string methods = "gradcam";
   std::string metrics;
   std::string batch_size = "auto";
@@ -354,7 +355,7 @@ int run_batch(const BatchArgs& a) {
   for (const char* sub : {"records", "maps", "overlays", "inputs", "panels"}) fs::create_directories(out / sub);
   remove_temporaries(out);
 
-  Model model = Model::load(a.model);
+  Model model = load_model(a.model, a.device);
   int64_t channels = model.input_channels();
   if (channels != 1) channels = 3;
 
@@ -643,6 +644,7 @@ int run_batch(const BatchArgs& a) {
 Runner add_batch(CLI::App& app) {
   auto a = std::make_shared<BatchArgs>();
   app.add_option("--model,-m", a->model, "TorchScript model file")->required();
+  add_device_option(app, &a->device);
   app.add_option("--images", a->images, "Folder of PNG/JPEG images, read recursively");
   app.add_option("--data", a->data,
                  "Manifest: one JSON object per line: {\"image\": F} or {\"input\": X.npy, \"index\": i}, optional "

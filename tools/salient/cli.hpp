@@ -45,6 +45,10 @@ size_t write_report(const std::string& dir);
 
 std::vector<std::string> split(const std::string& s, char sep);
 
+// --device: "cpu", "cuda" or "cuda:N"; the model is loaded there and every method runs there.
+void add_device_option(CLI::App& app, std::string* device);
+Model load_model(const std::string& path, const std::string& device);
+
 // Calls f(object, "file:line") for each non-blank line of a JSON-lines file; an unreadable
 // file or a line that is not a JSON object is an error naming the file (and line).
 template <typename Json, typename F>

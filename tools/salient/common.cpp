@@ -338,5 +338,21 @@ std::string panel_caption(const std::vector<std::string>& labels, int64_t predic
          std::to_string(static_cast<int>(std::lround(100 * probability))) + "%)   target: " + label_of(labels, target);
 }
 
+void add_device_option(CLI::App& app, std::string* device) {
+  app.add_option("--device", *device, "Where the model runs: cpu, cuda or cuda:N (a LibTorch built with CUDA)")
+      ->capture_default_str();
+}
+
+Model load_model(const std::string& path, const std::string& device) {
+  std::optional<c10::Device> d;
+  try {
+    d = c10::Device(device);
+  } catch (const std::exception&) {
+  }
+  SALIENT_CHECK(d.has_value() && (d->is_cpu() || d->is_cuda()), "--device '", device,
+                "': expected cpu, cuda or cuda:N");
+  return Model::load(path, *d);
+}
+
 }  // namespace cli
 }  // namespace salient

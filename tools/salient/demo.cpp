@@ -22,6 +22,7 @@ namespace {
 struct DemoArgs {
   std::string data = std::string(SALIENT_SOURCE_DIR) + "/data/demo";
   std::string model = std::string(SALIENT_SOURCE_DIR) + "/models/demo/fashion96.pt";
+  std::string device = "cpu";
   std::string out = "out/demo";
   std::string methods = "vanilla,smoothgrad,gradcam";
   MethodFlags flags;
@@ -72,7 +73,7 @@ bool inside(const Item& it, std::pair<int, int> rc) {
 int run_demo(const DemoArgs& a) {
   auto items = read_manifest(a.data);
   std::vector<std::string> labels = salient::io::read_labels((fs::path(a.data) / "labels.txt").string());
-  salient::Model model = salient::Model::load(a.model);
+  salient::Model model = load_model(a.model, a.device);
   ensure_writable_dir(a.out);
 
   salient::io::Preprocess pre = salient::io::Preprocess::preset("none");
@@ -151,6 +152,7 @@ Runner add_demo(CLI::App& app) {
   auto a = std::make_shared<DemoArgs>();
   app.add_option("--data", a->data, "Demo data directory (manifest.jsonl, labels.txt, images/)")->capture_default_str();
   app.add_option("--model", a->model, "Demo model")->capture_default_str();
+  add_device_option(app, &a->device);
   app.add_option("--out,-o", a->out, "Output directory")->capture_default_str();
   app.add_option("--method", a->methods, "Comma-separated methods, or all")->capture_default_str();
   add_method_flags(app, &a->flags);

@@ -27,6 +27,7 @@ namespace {
 
 struct EvaluateArgs {
   std::string model, data, out;
+  std::string device = "cpu";
   std::string methods = "gradcam,vanilla";
   std::string metrics = "deletion,insertion,pointing";
   MethodFlags flags;
@@ -146,7 +147,7 @@ int run_evaluate(const EvaluateArgs& a) {
 
   io::Preprocess pre = preprocess_from_flags(a.preprocess);
   ensure_writable_dir(a.out);
-  Model model = Model::load(a.model);
+  Model model = load_model(a.model, a.device);
   int64_t channels = model.input_channels();
   if (channels != 1) channels = 3;
   std::vector<Entry> entries = load_manifest(a.data, pre, static_cast<int>(channels));
@@ -325,9 +326,10 @@ int run_evaluate(const EvaluateArgs& a) {
                         const std::string& file, const at::Tensor& fr, const std::string& title,
                         const std::string& xlabel) {
     std::vector<render::Series> series;
-    std::vector<double> xs(fr.data_ptr<float>(), fr.data_ptr<float>() + fr.numel());
+    const at::Tensor frc = fr.to(at::kCPU, at::kFloat).contiguous();  // curves come from the model's device
+    std::vector<double> xs(frc.data_ptr<float>(), frc.data_ptr<float>() + frc.numel());
     for (const auto& m : methods) {
-      at::Tensor mean = at::stack(curves.at(m)).mean(0).to(at::kDouble).contiguous();
+      at::Tensor mean = at::stack(curves.at(m)).mean(0).to(at::kCPU, at::kDouble).contiguous();
       json s = stats[m][what].summary();
       std::ostringstream name;
       name << m << " " << std::fixed << std::setprecision(3) << s["mean"].get<double>();
@@ -382,6 +384,7 @@ int run_evaluate(const EvaluateArgs& a) {
 Runner add_evaluate(CLI::App& app) {
   auto a = std::make_shared<EvaluateArgs>();
   app.add_option("--model,-m", a->model, "TorchScript model file")->required();
+  add_device_option(app, &a->device);
   app.add_option("--data", a->data,
                  "Manifest: one JSON object per line: {\"image\": F} or {\"input\": X.npy, \"index\": i}, "
                  "optional \"target\", \"box\": [x0,y0,x1,y1] (inclusive, model-input pixels) or \"mask\": M.png")

@@ -20,6 +20,7 @@ namespace {
 
 struct ExplainArgs {
   std::string model;
+  std::string device = "cpu";
   std::vector<std::string> images;
   std::string input;
   std::string methods = "vanilla,smoothgrad,gradcam";
@@ -78,7 +79,7 @@ int run_explain(const ExplainArgs& a) {
 
   ensure_writable_dir(a.out);
   auto t0 = std::chrono::steady_clock::now();
-  salient::Model model = salient::Model::load(a.model);
+  salient::Model model = load_model(a.model, a.device);
   double load_ms = ms_since(t0);
 
   // Inputs.
@@ -271,6 +272,7 @@ int run_explain(const ExplainArgs& a) {
 Runner add_explain(CLI::App& app) {
   auto a = std::make_shared<ExplainArgs>();
   app.add_option("--model,-m", a->model, "TorchScript model file (torch.jit.trace/script output)")->required();
+  add_device_option(app, &a->device);
   app.add_option("--image,-i", a->images, "PNG or JPEG image(s)");
   app.add_option("--input", a->input, ".npy float32 [N,C,H,W], already preprocessed");
   std::string names;
