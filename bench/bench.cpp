@@ -778,7 +778,7 @@ int main(int argc, char** argv) {
             "\"unmet\" when the lower quartile is above it, \"within noise\" otherwise.\n\n"
          << "Machine: " << machine_description()
          << ". Batch of 1 image (ResNet-50 and ResNet-18 at 224x224, random weights, traced by bench/trace_models.py; "
-            "the demo model at 96x96).\n\n"
+            "the demo model at 96x96). CUDA: docs/GPU.md (scripts/device-check, on a machine with a GPU).\n\n"
          << "Reading:\n\n"
             "- Gradient CAMs record autograd only after their layer and run the backward to that layer only; from a "
             "layer's second call on, the layers before it run a frozen, inference-optimised copy (docs/methods.md, "
