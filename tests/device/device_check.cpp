@@ -11,10 +11,10 @@
 // LibTorch forward and one forward + backward of the same T inputs. Exits 1 when a row
 // throws or misses its tolerance.
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
-#include <ATen/CPUGeneratorImpl.h>
 
 #include <chrono>
 #include <cstdio>
@@ -65,7 +65,6 @@ void set_tf32(bool on) {
   at::globalContext().setAllowTF32CuDNN(on);
   at::globalContext().setAllowTF32CuBLAS(on);
 }
-
 
 // Input gradient of the top class, by the module itself or through salient's forward.
 at::Tensor raw_gradient(torch::jit::Module& m, const at::Tensor& x, const at::Tensor& k) {
