@@ -471,7 +471,7 @@ at::Tensor noisy_linear_imputation(const at::Tensor& x, const at::Tensor& remove
   SALIENT_CHECK(!(r.flatten(1).all(1).any().item<bool>()), "noisy_linear_imputation: a sample has every pixel removed; "
                 "nothing is left to impute from");
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
-  at::Tensor z = at::randn(xf.sizes(), gen, xf.options().device(at::kCPU)).to(xf.device()) * noise;
+  at::Tensor z = detail::seeded_randn(xf.sizes(), gen, xf) * noise;
   return impute(xf, r, z);
 }
 
@@ -493,8 +493,7 @@ RoadResult road(const Model& model, const at::Tensor& x, const at::Tensor& map, 
   // One noise draw per (order, fraction), shared by the samples: a sample's result does
   // not depend on the rest of its batch.
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(o.seed());
-  // Drawn on the CPU generator wherever the model runs: the same noise on every device.
-  at::Tensor noise = at::randn({per, c, h, w}, gen, xf.options().device(at::kCPU)).to(xf.device()) * o.noise();
+  at::Tensor noise = detail::seeded_randn({per, c, h, w}, gen, xf) * o.noise();
   Attribution probe;
   const auto classes = detail::sample_classes(model, xf, target, inference, &probe);
   const int64_t rows = n * per;

@@ -28,10 +28,7 @@ at::Tensor infidelity(const Model& model, const at::Tensor& x, const at::Tensor&
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(o.seed());
   // One forward (on the frozen graph by default) for the clean rows and every
   // perturbation, perturbation-major after them: row N + j * N + b.
-  // Drawn on the CPU generator wherever the model runs: the same noise on every device.
-  at::Tensor noise =
-      at::randn({k, n, xf.size(1), xf.size(2), xf.size(3)}, gen, xf.options().device(at::kCPU)).to(xf.device()) *
-      o.noise_std();
+  at::Tensor noise = detail::seeded_randn({k, n, xf.size(1), xf.size(2), xf.size(3)}, gen, xf) * o.noise_std();
   at::Tensor rows = at::cat({xf, (xf.unsqueeze(0) - noise).reshape({k * n, xf.size(1), xf.size(2), xf.size(3)})});
   at::Tensor out = inference.run(model, rows);
   at::Tensor clean_out = out.narrow(0, 0, n), perturbed_out = out.narrow(0, n, k * n);
@@ -70,8 +67,7 @@ at::Tensor max_sensitivity(const Model& model, const at::Tensor& x, const Explai
     // Perturbation-major rows j * N + b, explained in one call.
     const int64_t j1 = std::min(k, j0 + per);
     std::vector<at::Tensor> rows;
-    for (int64_t j = j0; j < j1; ++j)
-      rows.push_back(xf + (at::rand(xf.sizes(), gen, xf.options().device(at::kCPU)).to(xf.device()) * 2 - 1) * o.radius());
+    for (int64_t j = j0; j < j1; ++j) rows.push_back(xf + (detail::seeded_rand(xf.sizes(), gen, xf) * 2 - 1) * o.radius());
     const Target tj = t.select(at::arange(n, at::kLong).repeat({j1 - j0}), n);
     at::Tensor e = explain(model, at::cat(rows), tj).map.detach().to(at::kDouble).reshape({j1 - j0, n, -1});
     detail::check_finite(e, "max_sensitivity", "the explanation of a perturbed input");

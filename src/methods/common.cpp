@@ -48,6 +48,14 @@ std::vector<int64_t> to_vector(const at::Tensor& t) {
   return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
 }
 
+at::Tensor seeded_randn(at::IntArrayRef size, at::Generator& gen, const at::Tensor& like) {
+  return at::randn(size, gen, like.options().device(at::kCPU)).to(like.device());
+}
+
+at::Tensor seeded_rand(at::IntArrayRef size, at::Generator& gen, const at::Tensor& like) {
+  return at::rand(size, gen, like.options().device(at::kCPU)).to(like.device());
+}
+
 at::Tensor row_range(int64_t r0, int64_t r1, const at::Tensor& like) {
   return at::arange(r0, r1, at::TensorOptions().dtype(at::kLong).device(like.device()));
 }

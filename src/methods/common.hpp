@@ -31,6 +31,12 @@ void check_finite(const at::Tensor& t, const char* method, const char* what);
 
 std::vector<int64_t> to_vector(const at::Tensor& t);  // int64 values, from any device
 
+// Seeded draws (standard normal, uniform [0, 1)) of `size` from a CPU generator, moved to
+// where `like` lives with its dtype: a seed gives the same draws on every device (a CUDA
+// tensor cannot be filled from a CPU generator, and a CUDA generator draws other values).
+at::Tensor seeded_randn(at::IntArrayRef size, at::Generator& gen, const at::Tensor& like);
+at::Tensor seeded_rand(at::IntArrayRef size, at::Generator& gen, const at::Tensor& like);
+
 // int64 indices [r0, r1) where `like` lives (index_select wants its index on its device).
 at::Tensor row_range(int64_t r0, int64_t r1, const at::Tensor& like);
 

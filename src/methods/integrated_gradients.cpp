@@ -149,7 +149,7 @@ at::Tensor make_baseline(const at::Tensor& x, const IntegratedGradientsOptions& 
       // One draw shared by the batch: a sample's baseline does not depend on the others.
       std::vector<int64_t> one = x.sizes().vec();
       one[0] = 1;
-      return lo + (hi - lo) * at::rand(one, gen, x.options().device(at::kCPU)).to(x.device());
+      return lo + (hi - lo) * detail::seeded_rand(one, gen, x);
     }
   }
   return {};

@@ -42,11 +42,10 @@ Attribution smoothgrad(const Model& model, const at::Tensor& x, const Target& ta
   if (!noise) {
     // One draw per noisy sample, shared by the batch (scaled by each example's std): an
     // example's map does not depend on the other examples or on its place in the batch.
-    // Drawn on the CPU generator wherever the model runs: the same noise on every device.
     noise = [&gen](int64_t, const at::Tensor& xs, const at::Tensor& sd) {
       std::vector<int64_t> one = xs.sizes().vec();
       one[0] = 1;
-      return at::randn(one, gen, xs.options().device(at::kCPU)).to(xs.device()) * sd.view({-1, 1, 1, 1});
+      return detail::seeded_randn(one, gen, xs) * sd.view({-1, 1, 1, 1});
     };
   }
 
