@@ -126,7 +126,7 @@ Curve perturbation_curve(const Model& model, const at::Tensor& x, const at::Tens
   curve.fraction = thresholds.to(at::kFloat) / static_cast<float>(hw);
   at::Tensor df = curve.fraction.slice(0, 1) - curve.fraction.slice(0, 0, steps);
   curve.auc = ((curve.scores.slice(1, 1) + curve.scores.slice(1, 0, steps)) * 0.5 * df).sum(1);
-  curve.targets = classes.empty() ? at::full({n}, -1, rank.options()) : at::tensor(classes).to(rank.device());
+  curve.targets = detail::classes_tensor(classes, n, rank);
   curve.forward_samples = probe.forward_samples + rows;
   return curve;
 }

@@ -519,7 +519,7 @@ RoadResult road(const Model& model, const at::Tensor& x, const at::Tensor& map, 
   res.morf_mean = res.morf.mean(1);
   res.lerf_mean = res.lerf.mean(1);
   res.combined = (res.lerf_mean - res.morf_mean) / 2;
-  res.targets = (classes.empty() ? at::full({n}, -1, at::kLong) : at::tensor(classes)).to(xf.device());
+  res.targets = detail::classes_tensor(classes, n, xf);
   res.forward_samples = probe.forward_samples + rows;
   return res;
 }

@@ -79,6 +79,11 @@ std::vector<int64_t> sample_classes(const Model& model, const at::Tensor& x, con
   return to_vector(target.resolve(a->output));
 }
 
+at::Tensor classes_tensor(const std::vector<int64_t>& classes, int64_t n, const at::Tensor& like) {
+  const auto opts = at::TensorOptions().dtype(at::kLong);
+  return (classes.empty() ? at::full({n}, -1, opts) : at::tensor(classes, opts)).to(like.device());
+}
+
 at::Tensor batched_scores(int64_t rows, int64_t chunk, const std::function<at::Tensor(int64_t, int64_t)>& outputs_of,
                           const std::function<int64_t(int64_t)>& sample_of, const std::vector<int64_t>& classes,
                           const Target& target, Score score) {

@@ -55,6 +55,10 @@ Inference inference(const char* method, bool optimized, Precision precision);
 std::vector<int64_t> sample_classes(const Model& model, const at::Tensor& x, const Target& target,
                                     const Inference& inference, Attribution* a);
 
+// Attribution::targets for sample_classes' result: the classes as an int64 [n] tensor where
+// `like` lives, or -1 for each of n samples when there are none (a score function).
+at::Tensor classes_tensor(const std::vector<int64_t>& classes, int64_t n, const at::Tensor& like);
+
 // Scores of many perturbed rows, forward-only, in chunks: outputs_of(r0, r1) gives the
 // model output for rows [r0, r1); row r belongs to sample sample_of(r) and is scored for
 // that sample's class (range-checked against the output), or by the target's function.

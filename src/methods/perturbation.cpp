@@ -70,7 +70,7 @@ Attribution occlusion(const Model& model, const at::Tensor& x, const Target& tar
     }
   }
   a.map = (sum / count.clamp_min(1.0)).to(xf.device()).expand_as(xf).contiguous();
-  a.targets = (classes.empty() ? at::full({n}, -1, at::TensorOptions().dtype(at::kLong)) : at::tensor(classes)).to(xf.device());
+  a.targets = detail::classes_tensor(classes, n, xf);
   a.forward_samples += rows;
   return a;
 }
@@ -110,7 +110,7 @@ Attribution rise(const Model& model, const at::Tensor& x, const Target& target, 
   // Σ_i score_i M_i / (m p), per sample.
   at::Tensor weighted = at::matmul(scores.view({n, m}), masks.view({m, h * w}));
   a.map = (weighted / (static_cast<double>(m) * o.keep())).view({n, 1, h, w});
-  a.targets = (classes.empty() ? at::full({n}, -1, at::TensorOptions().dtype(at::kLong)) : at::tensor(classes)).to(xf.device());
+  a.targets = detail::classes_tensor(classes, n, xf);
   a.forward_samples += rows;
   return a;
 }
