@@ -213,8 +213,7 @@ std::vector<BenchModel> bench_models(const Options& o) {
 // Forward-only methods batch as many rows as the default 1 GiB budget allows
 // (salient's forward chunks); the eager baselines use the same batch size.
 int64_t forward_batch(const salient::Model& model, const std::vector<int64_t>& shape) {
-  return std::max<int64_t>(1, (int64_t(1) << 30) /
-                                  std::max<int64_t>(1, model.bytes_per_sample({shape[1], shape[2], shape[3]})));
+  return salient::chunk_rows(model, at::empty(shape), int64_t(1) << 30);
 }
 
 // One batch (the forward-only rows' size) through the eager module and through the frozen
