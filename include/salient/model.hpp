@@ -122,13 +122,20 @@ class Model {
   ForwardResult forward(const at::Tensor& x, const std::vector<std::string>& taps = {},
                         Autograd autograd = Autograd::Off, ReluGradient relu = ReluGradient::Standard) const;
   at::Tensor predict(const at::Tensor& x) const { return forward(x).output; }
-  // Output of a frozen, inference-optimised copy of the model (torch::jit::freeze +
-  // optimize_for_inference: BatchNorm folded into convolutions, oneDNN layouts), built
-  // on first use and again after a parameter or buffer of module() changes; for
-  // forward-only methods. Numerically close to predict(), not equal. Precision::BFloat16
-  // runs a second frozen copy with bf16 weights on the input cast to bf16, and returns
-  // float32 outputs.
+  // Output of a frozen, inference-optimised copy of the model (torch::jit::freeze with
+  // BatchNorm folded into the convolutions, run as infer_runner() says), built on first use
+  // and again after a parameter or buffer of module() changes; for forward-only methods.
+  // Numerically close to predict(), not equal. Precision::BFloat16 runs a second frozen
+  // copy with bf16 weights (optimize_for_inference's graph) on the input cast to bf16, and
+  // returns float32 outputs.
   at::Tensor infer(const at::Tensor& x, Precision precision = Precision::Float32) const;
+  // What runs infer() in float32: "onednn" (on the CPU, where the frozen graph fits:
+  // salient's own oneDNN primitives, Winograd for 3x3 stride-1 convolutions, each ReLU and
+  // residual sum fused into the convolution before it; the frozen prefix of the CAM layers
+  // runs the same way) or "torchscript (<why not>)" (LibTorch's optimize_for_inference
+  // graph). SALIENT_ONEDNN=0 in the environment turns the plan off. Builds infer's copy if
+  // there is none yet.
+  std::string infer_runner() const;
 
   // The frozen copies built so far: "infer", "infer-bf16", "folded" (Autograd::Input;
   // "folded|guided|<taps>..." with taps or another ReLU gradient), "prefix|<layer>"

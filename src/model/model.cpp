@@ -10,6 +10,7 @@
 #include <torch/script.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <map>
 #if defined(__GLIBC__)
@@ -21,6 +22,7 @@
 #include <sstream>
 
 #include "model/graph.hpp"
+#include "model/onednn_plan.hpp"
 #include "salient/error.hpp"
 
 namespace salient {
@@ -138,6 +140,8 @@ struct Model::Impl {
   struct Frozen {
     std::unique_ptr<torch::jit::Module> module;  // null when building it failed
     std::unique_ptr<torch::jit::Code> code;      // Autograd::Input: its forward graph
+    std::shared_ptr<model::OneDnnPlan> plan;     // infer() in float32 on the CPU, where one fits
+    std::string plan_why;                        // why not, where none
     size_t n_relus = 0;                          // Autograd::Input with a ReLU rewrite
     bool packed = false;  // Autograd::Input with taps or ReLUs: one tuple of all outputs
     std::string error;
@@ -146,6 +150,9 @@ struct Model::Impl {
   static constexpr const char* kInferFloat32 = "infer";
   static constexpr const char* kInferBFloat16 = "infer-bf16";
   static constexpr const char* kFolded = "folded";
+  // infer()'s copy: float32 runs the oneDNN plan where one fits (CPU), else
+  // optimize_for_inference's graph.
+  std::shared_ptr<const Frozen> infer_copy(bool bf16) const;
   mutable std::mutex frozen_mu;
   mutable std::map<std::string, std::shared_ptr<const Frozen>> frozen;
   // Calls of split_forward per layer: the frozen prefix is built on a layer's second call,
@@ -341,6 +348,21 @@ struct Model::Impl {
     });
   }
 
+  // Sets up a frozen copy to run forward-only: the oneDNN plan where one fits (float32 on
+  // the CPU), else optimize_for_inference's graph. `float32` is false for the bf16 copy.
+  void optimise(torch::jit::Module frozen, Frozen* fr, bool float32) const;
+  // Runs such a copy: the plan where it has one and the input fits it, else its module.
+  static c10::IValue run_frozen(const Frozen& f, const at::Tensor& x) {
+    if (f.plan && x.scalar_type() == at::kFloat && x.device().is_cpu()) {
+      try {
+        return f.plan->run(x);
+      } catch (const std::runtime_error&) {
+        // This input's shapes do not fit the plan (see OneDnnPlan::run): the graph runs as it is.
+      }
+    }
+    return f.module->forward({x});
+  }
+
   // A forward with one tap, Autograd::FromTaps or Off, split at the tap: the network up to
   // the layer runs a frozen, inference-optimised copy (BatchNorm folded, oneDNN layouts;
   // 0.45-0.7 of an eager forward's time here), the rest runs the model's own graph from
@@ -363,14 +385,13 @@ struct Model::Impl {
       model::TapGraph copy_graph(copy.get_method("forward").graph());
       auto prefix = copy_graph.prefix(refs);
       set_forward(copy, prefix);
-      torch::jit::Module frozen = torch::jit::freeze(copy);
-      fr->module = std::make_unique<torch::jit::Module>(torch::jit::optimize_for_inference(frozen));
+      optimise(torch::jit::freeze(copy), fr, true);
     });
     if (!f->module) return {};
     std::vector<c10::IValue> values;
     try {
       at::NoGradGuard no_grad;
-      c10::IValue out = f->module->forward({x});
+      c10::IValue out = run_frozen(*f, x);
       if (!out.isTuple()) return {};
       for (const auto& v : out.toTupleRef().elements()) {
         if (!v.isTensor()) return {};
@@ -652,12 +673,22 @@ bool native_bf16() {
   return has;
 }
 
-at::Tensor Model::infer(const at::Tensor& input, Precision precision) const {
-  SALIENT_CHECK(input.defined(), "model '", impl_->name, "': input tensor is undefined");
-  const at::Tensor x = input.to(impl_->device);
-  const bool bf16 = precision == Precision::BFloat16;
-  auto f = impl_->frozen_copy(bf16 ? Impl::kInferBFloat16 : Impl::kInferFloat32, [&](torch::jit::Module& copy,
-                                                                                    Impl::Frozen* fr) {
+namespace {
+
+// SALIENT_ONEDNN=0 turns the oneDNN runner off (infer then runs optimize_for_inference's
+// graph): for comparing the two.
+bool onednn_plan_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("SALIENT_ONEDNN");
+    return model::onednn_plan_available() && !(v && std::string(v) == "0");
+  }();
+  return on;
+}
+
+}  // namespace
+
+std::shared_ptr<const Model::Impl::Frozen> Model::Impl::infer_copy(bool bf16) const {
+  return frozen_copy(bf16 ? kInferBFloat16 : kInferFloat32, [&](torch::jit::Module& copy, Frozen* fr) {
     if (bf16) {
       copy.to(at::kBFloat16);
       // oneDNN's bf16 convolutions are fastest on channels-last (NHWC) data: 4-D weights
@@ -666,17 +697,46 @@ at::Tensor Model::infer(const at::Tensor& input, Precision precision) const {
       for (const auto& p : copy.parameters(/*recurse=*/true))
         if (p.dim() == 4) p.set_data(p.contiguous(at::MemoryFormat::ChannelsLast));
     }
-    torch::jit::Module frozen = torch::jit::freeze(copy);
-    fr->module = std::make_unique<torch::jit::Module>(torch::jit::optimize_for_inference(frozen));
+    optimise(torch::jit::freeze(copy), fr, !bf16);
   });
+}
+
+void Model::Impl::optimise(torch::jit::Module frozen, Frozen* fr, bool float32) const {
+  if (float32) {
+    if (!device.is_cpu())
+      fr->plan_why = "the model is on " + device.str();
+    else if (!onednn_plan_enabled())
+      fr->plan_why = model::onednn_plan_available() ? "turned off (SALIENT_ONEDNN=0)" : "this build has no oneDNN";
+    else
+      fr->plan = model::OneDnnPlan::build(frozen.get_method("forward").graph(), &fr->plan_why);
+    if (fr->plan) {
+      // Kept unoptimised: it runs only where an input's shapes do not fit the plan.
+      fr->module = std::make_unique<torch::jit::Module>(frozen);
+      return;
+    }
+  }
+  fr->module = std::make_unique<torch::jit::Module>(torch::jit::optimize_for_inference(frozen));
+}
+
+std::string Model::infer_runner() const {
+  auto f = impl_->infer_copy(false);
+  if (f->plan) return "onednn";
+  return "torchscript (" + (f->module ? f->plan_why : "freezing failed: " + f->error) + ")";
+}
+
+at::Tensor Model::infer(const at::Tensor& input, Precision precision) const {
+  SALIENT_CHECK(input.defined(), "model '", impl_->name, "': input tensor is undefined");
+  const at::Tensor x = input.to(impl_->device);
+  const bool bf16 = precision == Precision::BFloat16;
+  auto f = impl_->infer_copy(bf16);
   SALIENT_CHECK(f->module, "model '", impl_->name, "' cannot run", bf16 ? " in bf16" : "",
                 " (converting or freezing its copy failed: ", f->error, ")");
   at::NoGradGuard no_grad;
   c10::IValue out;
   try {
     out = bf16 ? f->module->forward({x.to(at::kBFloat16).contiguous(x.dim() == 4 ? at::MemoryFormat::ChannelsLast
-                                                                                  : at::MemoryFormat::Contiguous)})
-               : f->module->forward({x});
+                                                                                : at::MemoryFormat::Contiguous)})
+               : Impl::run_frozen(*f, x);
   } catch (const std::exception& e) {
     SALIENT_FAIL("model '", impl_->name, "' failed", bf16 ? " in bf16" : "", " on input of shape ", shape_str(x.sizes()),
                  ": ", brief(e));
