@@ -101,6 +101,7 @@ bool g_retained = false;
 
 // --only: rows whose name starts with one of these (empty: all).
 std::vector<std::string> g_only;
+std::string g_infer_runner;  // Model::infer_runner() of the models benched
 
 bool selected(const std::string& what) {
   if (g_only.empty()) return true;
@@ -297,7 +298,8 @@ std::string machine_description() {
     << (os.empty() ? "Linux" : os) << ", " << "GCC " << __GNUC__ << "." << __GNUC_MINOR__ << ", Release build, LibTorch "
     << TORCH_VERSION << " (CPU), intra-op threads " << at::get_num_threads() << " for method and baseline alike, "
     << (g_retained ? "glibc malloc keeping freed memory (salient::retain_freed_memory(), as the CLI runs)"
-                   : "glibc malloc with its defaults");
+                   : "glibc malloc with its defaults")
+    << (g_infer_runner.empty() ? "" : ", Model::infer runner " + g_infer_runner);
   return m.str();
 }
 
@@ -434,6 +436,7 @@ std::vector<Row> bench_model(const std::string& label, const std::string& path, 
                              int repeats, const Sizes& z) {
   std::vector<Row> rows;
   salient::Model model = salient::Model::load(path);
+  g_infer_runner = model.infer_runner();
   Raw raw(path);
   at::manual_seed(0);
   at::Tensor x = at::randn(shape);
@@ -483,12 +486,17 @@ std::vector<Row> bench_model(const std::string& label, const std::string& path, 
   const int64_t steps = z.ig_steps;
   rows.push_back(compare(
       label, "integrated_gradients-" + std::to_string(steps),
-      std::to_string(steps) + " forward + input gradient, one batch", 1.0,
+      std::to_string(steps) + " forward + input gradient, one batch; 2 forwards", 1.0,
       [&] { salient::integrated_gradients(model, x, t, salient::IntegratedGradientsOptions().n_steps(steps)); },
       [&] {
         at::Tensor alphas = at::linspace(0, 1, steps).view({-1, 1, 1, 1});
         at::Tensor g = raw_input_gradient(raw, alphas * x, target);
-        (g.mean(0, true) * x).sum();
+        at::Tensor map = g.mean(0, true) * x;
+        // The convergence delta's endpoints F(x) and F(0), which salient always returns
+        // (Captum's return_convergence_delta=True runs the same two forwards).
+        at::NoGradGuard no_grad;
+        at::Tensor ends = raw.forward(at::cat({x, at::zeros_like(x)})).select(1, target);
+        (map.sum() - (ends[0] - ends[1])).item<double>();
       },
       std::max(3, repeats / 3)));
   const int64_t n = 16;
@@ -780,8 +788,9 @@ int main(int argc, char** argv) {
             "the demo model at 96x96). CUDA: docs/GPU.md (scripts/device-check, on a machine with a GPU).\n\n"
          << "Reading:\n\n"
             "- Gradient CAMs record autograd only after their layer and run the backward to that layer only; from a "
-            "layer's second call on, the layers before it run a frozen, inference-optimised copy (docs/methods.md, "
-            "Frozen prefix), so they cost less than one eager forward. Eigen-CAM runs no backward; the top "
+            "layer's second call on, the layers before it run a frozen copy on the oneDNN plan of the "
+            "forward-only rows (docs/methods.md, Frozen prefix), so they cost less than one eager forward. Eigen-CAM "
+            "runs no backward; the top "
             "eigenvector of the smaller Gram matrix of the layer's output (Lanczos, about ten matrix-vector "
             "products) is what it adds.\n"
             "- Every method whose backward reaches the input (vanilla, input x gradient, guided backprop, deconvnet, "
@@ -798,17 +807,24 @@ int main(int argc, char** argv) {
             "docs/methods.md, Shared passes); their baselines do more work than the minimum, so these rows show the "
             "saving.\n"
             "- Integrated Gradients and SmoothGrad run their rows in chunks sized from the 1 GiB memory budget and "
-            "evened out (26 rows at most 25 a chunk as 13 + 13); the baseline pushes all rows through one batch.\n"
-            "- Forward-only methods run on the frozen, inference-optimised graph (torch::jit::freeze + "
-            "optimize_for_inference) in batches from the memory budget, evened out; the baseline runs plain eager "
-            "forwards in batches of the largest size, the last one holding the rest. The row \"frozen forward "
-            "alone\" times one such batch through the frozen graph (Model::infer) against one eager batch: about "
-            "the floor of these rows in float32 on this CPU (measured at another moment, so a row can land a little "
-            "below it), set by how much faster oneDNN runs the graph's fused convolutions than the eager ones (on "
-            "an earlier Intel Xeon without AVX512-BF16: 0.68-0.73 on the ResNets). Ablation-CAM and "
+            "evened out (26 rows at most 25 a chunk as 13 + 13); the baseline pushes all rows through one batch. "
+            "Integrated Gradients always returns its convergence delta, so its baseline also runs the delta's two "
+            "forwards, F(x) and F(baseline), as Captum does when asked for it (and as docs/GPU.md's check "
+            "does).\n"
+            "- Forward-only methods run on the frozen graph (torch::jit::freeze, BatchNorm folded into the "
+            "convolutions) through salient's oneDNN plan (Model::infer_runner() \"onednn\"; docs/methods.md, "
+            "oneDNN plan): Winograd for 3x3 stride-1 convolutions, each ReLU and residual sum fused into the "
+            "convolution before it, one blocked layout throughout. They run in batches from the memory budget, "
+            "evened out; the baseline runs plain eager forwards in batches of the largest size, the last one "
+            "holding the rest. The row \"frozen forward alone\" times one such batch through Model::infer against "
+            "one eager batch: about the floor of these rows in float32 on this CPU (measured at another moment, "
+            "so a row can land a little below it). It is lowest where 3x3 convolutions dominate (ResNet-18, the "
+            "demo) and highest on ResNet-50, whose 1x1 convolutions Winograd does not apply to. LibTorch's own "
+            "optimize_for_inference graph (SALIENT_ONEDNN=0) took 0.79 / 0.83 / 0.53 (ResNet-50 / ResNet-18 / "
+            "demo) on this CPU, and 0.68-0.73 on the ResNets on an earlier Intel Xeon. Ablation-CAM and "
             "ReciproCAM re-run only the layers after their layer; their baseline is the full forwards a hook-based "
             "tool runs (pytorch-grad-cam's Ablation-CAM), so they land far below it.\n"
-            "- Metrics run forward-only on the frozen graph in batches, like the forward-only methods. ROAD's rows "
+            "- Metrics run forward-only on the plan in batches, like the forward-only methods. ROAD's rows "
             "also include its imputation (a sparse solve per removed set, its channels sharing every pass, by "
             "multigrid-preconditioned conjugate gradients on float planes, the sets solved in parallel), work its 18 eager "
             "forwards do not do; the row \"metric road, imputation alone\" times that solve by itself, so the road "

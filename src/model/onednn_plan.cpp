@@ -164,7 +164,10 @@ struct OneDnnPlan::Impl {
     std::vector<int64_t> sizes(d.begin(), d.end());
     memory::desc plain(d, dt::f32, tag::nchw);
     if (v.md == plain) {
+      // A view of the buffer: an op may hand it on (flatten does), so nothing may write
+      // into the buffer in place from now on.
       v.iv = v.buf.narrow(0, 0, static_cast<int64_t>(plain.get_size() / sizeof(float))).view(sizes);
+      v.owned = false;
     } else {
       at::Tensor t = at::empty(sizes, at::TensorOptions().dtype(at::kFloat));
       memory src(v.md, cpu_engine(), v.buf.data_ptr()), dst(plain, cpu_engine(), t.data_ptr());
