@@ -364,8 +364,9 @@ struct Model::Impl {
   }
 
   // A forward with one tap, Autograd::FromTaps or Off, split at the tap: the network up to
-  // the layer runs a frozen, inference-optimised copy (BatchNorm folded, oneDNN layouts;
-  // 0.45-0.7 of an eager forward's time here), the rest runs the model's own graph from
+  // the layer runs a frozen copy (BatchNorm folded) on the oneDNN plan where one fits,
+  // else optimize_for_inference's graph (0.5-0.65 of an eager forward's time here on the
+  // plan, 0.55-0.8 on LibTorch's graph), the rest runs the model's own graph from
   // the activation, recording autograd from it when asked. Returns an empty stack when the
   // split does not apply (first call for the layer, a rest that reads the input, a model
   // that cannot be frozen): the caller runs the whole graph then. Otherwise the stack
