@@ -246,9 +246,13 @@ struct OneDnnPlan::Impl {
       memory::desc user_w = st.groups == 1
                                 ? memory::desc({O, I, KH, KW}, dt::f32, tag::oihw)
                                 : memory::desc({st.groups, O / st.groups, I, KH, KW}, dt::f32, tag::goihw);
-      memory uw(user_w, cpu_engine(), st.weight.data_ptr());
-      auto w = reordered(uw, p->weights, s);
-      p->wbuf = w.second;
+      // Shapes whose kernels read the same weight layout (most batch sizes) share one copy.
+      for (const auto& q : st.prepared)
+        if (q->weights == p->weights) p->wbuf = q->wbuf;
+      if (!p->wbuf.defined()) {
+        memory uw(user_w, cpu_engine(), st.weight.data_ptr());
+        p->wbuf = reordered(uw, p->weights, s).second;
+      }
       if (st.bias.defined()) {
         p->bias = pd.bias_desc();
         memory ub(memory::desc({O}, dt::f32, tag::x), cpu_engine(), st.bias.data_ptr());
