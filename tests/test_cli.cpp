@@ -393,6 +393,24 @@ TEST(Cli, EvaluateRejectsBadManifestsWithOneLine) {
                    "l.jsonl:1: tensor file '" + dir + "/gone.npy' not found");
   expect_bad_input(run + manifest("m.jsonl", "{\"input\": \"x.npy\", \"box\": [20, 0, 10, 5]}\n") + " --metrics pointing",
                    dir + "/o13", "m.jsonl:1: box [20, 0, 10, 5] must have x0 <= x1 and y0 <= y1");
+  // A line naming two sources, or an option out of range, is refused before any image runs.
+  expect_bad_input(run + manifest("n.jsonl", "{\"image\": \"a.png\", \"input\": \"x.npy\"}\n"), dir + "/o14",
+                   "n.jsonl:1: give \"image\" or \"input\", not both");
+  expect_bad_input(run + manifest("o.jsonl", "{\"input\": \"x.npy\", \"box\": [0, 0, 5, 5]}\n") +
+                       " --metrics pointing --tolerance -3",
+                   dir + "/o15", "--tolerance must be a distance in pixels >= 0, got -3");
+  expect_bad_input(run + manifest("p.jsonl", "{\"input\": \"x.npy\"}\n") + " --metrics sanity --sanity-images 0",
+                   dir + "/o16", "--sanity-images must be >= 1, got 0");
+  // A non-finite row fails before any image runs, named; one only its own run can refuse
+  // (too small for the model's pooling) fails there, and names its line too.
+  salient::io::write_npy(dir + "/nan.npy", at::full({1, 3, 64, 64}, std::nan(""), at::kFloat));
+  expect_bad_input(run + manifest("q.jsonl", "{\"input\": \"x.npy\"}\n{\"input\": \"nan.npy\"}\n"), dir + "/o17",
+                   "q.jsonl:2: 'nan.npy[0]' has non-finite values (NaN or Inf)");
+  salient::io::write_npy(dir + "/tiny.npy", at::zeros({1, 3, 2, 2}));
+  CliRun r = salient_cli(run + manifest("r.jsonl", "{\"input\": \"x.npy\"}\n{\"input\": \"tiny.npy\"}\n") +
+                         " --metrics deletion --out " + dir + "/o18");
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_EQ(r.last_line().rfind("salient: error: " + dir + "/r.jsonl:2 ('tiny.npy[0]'): model ", 0), 0u) << r.out;
 }
 
 TEST(Cli, EvaluateMetricsAllRunsEveryMetricTheManifestAllows) {

@@ -105,6 +105,7 @@ TEST(PointingGame, PeakInsideOrWithinToleranceHitsConstantMapMisses) {
   m[10][25] = 1;
   EXPECT_TRUE(salient::pointing_hit_mask(m, mask));
   EXPECT_NE(msg_of([&] { salient::pointing_hit(m, {300, 0, 310, 5}); }).find("outside"), std::string::npos);
+  EXPECT_NE(msg_of([&] { salient::pointing_hit(m, box, std::nan("")); }).find("tolerance is NaN"), std::string::npos);
 }
 
 TEST(EnergyPointingGame, ShareOfThePositiveMapInsideTheBox) {

@@ -70,6 +70,8 @@ void check_box(const Box& b, int64_t h, int64_t w) {
 }
 
 double default_tolerance(int64_t h, int64_t w, double tolerance) {
+  // NaN would fail every comparison and quietly become the default.
+  SALIENT_CHECK(!std::isnan(tolerance), "pointing game: tolerance is NaN");
   return tolerance >= 0 ? tolerance : 15.0 * std::sqrt(static_cast<double>(h * w)) / 224.0;
 }
 

@@ -294,6 +294,7 @@ std::vector<ManifestEntry> read_manifest(const std::string& path) {
         if (!known.count(item.key()) && warned.insert(item.key()).second)
           std::cerr << "salient: warning: " << where << ": field \"" << item.key()
                     << "\" is not used (known: image, input, index, target, box, mask)\n";
+    SALIENT_CHECK(!(j.contains("image") && j.contains("input")), where, ": give \"image\" or \"input\", not both");
     if (j.contains("image")) {
       SALIENT_CHECK(j["image"].is_string(), where, ": \"image\" must be a file name");
       e.key = j["image"].get<std::string>();

@@ -80,6 +80,8 @@ std::vector<Entry> load_manifest(const std::string& path, const io::Preprocess& 
                     t.size(0), " rows)");
       e.x = t.narrow(0, m.index, 1).to(at::kFloat);
     }
+    // Found here, a bad row fails the run at once with its line, not at its turn.
+    SALIENT_CHECK(at::isfinite(e.x).all().item<bool>(), where, ": '", m.key, "' has non-finite values (NaN or Inf)");
     const int64_t h = e.x.size(2), w = e.x.size(3);
     if (m.has_box) {
       e.box = m.box;
@@ -139,6 +141,11 @@ int run_evaluate(const EvaluateArgs& a) {
                           settings);
   PerturbationCurveOptions curve;
   SALIENT_CHECK(a.step > 0 && a.step <= 1, "--step must be in (0, 1], got ", a.step);
+  // Checked before any image runs: a late check would cost the user the whole run.
+  SALIENT_CHECK(!metrics.count("sanity") || a.sanity_images >= 1, "--sanity-images must be >= 1, got ", a.sanity_images);
+  // Unset is -1 (the library's "15 px at 224, scaled"); a value given must be a distance.
+  SALIENT_CHECK(a.tolerance == -1 || (std::isfinite(a.tolerance) && a.tolerance >= 0),
+                "--tolerance must be a distance in pixels >= 0, got ", a.tolerance);
   curve.step_fraction(a.step).substrate(substrate_from_string(a.substrate)).reduce(channel_reduce_from_string(a.reduce));
   if (settings.memory_budget) curve.memory_budget(*settings.memory_budget);
   const Precision precision = settings.precision.value_or(Precision::Float32);
@@ -188,58 +195,64 @@ int run_evaluate(const EvaluateArgs& a) {
   const size_t total = entries.size();
   for (size_t i = 0; i < total; ++i) {
     const Entry& e = entries[i];
-    at::Tensor out = model.predict(e.x);
-    const int64_t predicted = out.argmax(1).item<int64_t>();
-    const int64_t target = e.target >= 0 ? e.target : predicted;
-    Target t = Target::per_sample({target});
-    t.resolve(out);  // range check
-    auto maps = explain(model, e.x, methods, t, settings);
-    json row = {{"image", e.name}, {"target", target}, {"predicted", predicted}, {"methods", json::object()}};
-    for (const auto& m : methods) {
-      const at::Tensor& map = maps.at(m).map;
-      json mj;
-      if (metrics.count("deletion")) {
-        Curve c = deletion(model, e.x, map, t, curve);
-        mj["deletion"] = c.auc[0].item<double>();
-        del_curves[m].push_back(c.scores[0]);
-        fraction = c.fraction;
+    // An error only this image's run meets (its size through the model, say) names its line.
+    try {
+      at::Tensor out = model.predict(e.x);
+      const int64_t predicted = out.argmax(1).item<int64_t>();
+      const int64_t target = e.target >= 0 ? e.target : predicted;
+      Target t = Target::per_sample({target});
+      t.resolve(out);  // range check
+      auto maps = explain(model, e.x, methods, t, settings);
+      json row = {{"image", e.name}, {"target", target}, {"predicted", predicted}, {"methods", json::object()}};
+      for (const auto& m : methods) {
+        const at::Tensor& map = maps.at(m).map;
+        json mj;
+        if (metrics.count("deletion")) {
+          Curve c = deletion(model, e.x, map, t, curve);
+          mj["deletion"] = c.auc[0].item<double>();
+          del_curves[m].push_back(c.scores[0]);
+          fraction = c.fraction;
+        }
+        if (metrics.count("insertion")) {
+          Curve c = insertion(model, e.x, map, t, curve);
+          mj["insertion"] = c.auc[0].item<double>();
+          ins_curves[m].push_back(c.scores[0]);
+          fraction = c.fraction;
+        }
+        if (metrics.count("road")) {
+          RoadResult r = road(model, e.x, map, t, road_options);
+          mj["road"] = r.combined[0].item<double>();
+          mj["road_morf"] = r.morf_mean[0].item<double>();
+          mj["road_lerf"] = r.lerf_mean[0].item<double>();
+          morf_curves[m].push_back(r.morf[0]);
+          lerf_curves[m].push_back(r.lerf[0]);
+          road_fraction = r.fraction;
+        }
+        if (metrics.count("pointing"))
+          mj["pointing"] = (e.has_mask ? pointing_hit_mask(map[0], e.mask, a.tolerance, reduce)
+                                       : pointing_hit(map[0], e.box, a.tolerance, reduce))
+                               ? 1.0
+                               : 0.0;
+        if (metrics.count("energy"))
+          mj["energy"] = e.has_mask ? energy_in_mask(map[0], e.mask, reduce) : energy_in_box(map[0], e.box, reduce);
+        if (metrics.count("infidelity"))
+          mj["infidelity"] = infidelity(model, e.x, map, t, InfidelityOptions().precision(precision))[0].item<double>();
+        if (metrics.count("sensitivity")) {
+          ExplainFn fn = [&](const Model& mm, const at::Tensor& xx, const Target& tt) {
+            return explain(mm, xx, m, tt, settings);
+          };
+          mj["sensitivity"] = max_sensitivity(model, e.x, fn, t).item<double>();
+        }
+        // Completeness: |sum(attr) - (F(x) - F(x'))|, for the methods that have it (IG).
+        if (metrics.count("completeness") && maps.at(m).delta.defined())
+          mj["completeness"] = maps.at(m).delta.abs()[0].item<double>();
+        for (auto it = mj.begin(); it != mj.end(); ++it) stats[m][it.key()].v.push_back(it.value().get<double>());
+        row["methods"][m] = mj;
       }
-      if (metrics.count("insertion")) {
-        Curve c = insertion(model, e.x, map, t, curve);
-        mj["insertion"] = c.auc[0].item<double>();
-        ins_curves[m].push_back(c.scores[0]);
-        fraction = c.fraction;
-      }
-      if (metrics.count("road")) {
-        RoadResult r = road(model, e.x, map, t, road_options);
-        mj["road"] = r.combined[0].item<double>();
-        mj["road_morf"] = r.morf_mean[0].item<double>();
-        mj["road_lerf"] = r.lerf_mean[0].item<double>();
-        morf_curves[m].push_back(r.morf[0]);
-        lerf_curves[m].push_back(r.lerf[0]);
-        road_fraction = r.fraction;
-      }
-      if (metrics.count("pointing"))
-        mj["pointing"] = (e.has_mask ? pointing_hit_mask(map[0], e.mask, a.tolerance, reduce)
-                                     : pointing_hit(map[0], e.box, a.tolerance, reduce))
-                             ? 1.0
-                             : 0.0;
-      if (metrics.count("energy"))
-        mj["energy"] = e.has_mask ? energy_in_mask(map[0], e.mask, reduce) : energy_in_box(map[0], e.box, reduce);
-      if (metrics.count("infidelity")) mj["infidelity"] = infidelity(model, e.x, map, t, InfidelityOptions().precision(precision))[0].item<double>();
-      if (metrics.count("sensitivity")) {
-        ExplainFn fn = [&](const Model& mm, const at::Tensor& xx, const Target& tt) {
-          return explain(mm, xx, m, tt, settings);
-        };
-        mj["sensitivity"] = max_sensitivity(model, e.x, fn, t).item<double>();
-      }
-      // Completeness: |sum(attr) - (F(x) - F(x'))|, for the methods that have it (IG).
-      if (metrics.count("completeness") && maps.at(m).delta.defined())
-        mj["completeness"] = maps.at(m).delta.abs()[0].item<double>();
-      for (auto it = mj.begin(); it != mj.end(); ++it) stats[m][it.key()].v.push_back(it.value().get<double>());
-      row["methods"][m] = mj;
+      per_image << row.dump() << "\n";
+    } catch (const salient::Error& err) {
+      throw salient::Error(e.where + " ('" + e.name + "'): " + err.what());
     }
-    per_image << row.dump() << "\n";
     if (tty)
       std::cerr << "\revaluate: " << (i + 1) << "/" << total << " images" << std::flush;
     else if ((i + 1) % std::max<size_t>(1, total / 10) == 0 || i + 1 == total)
@@ -252,7 +265,6 @@ int run_evaluate(const EvaluateArgs& a) {
   std::vector<std::string> blocks;
   if (metrics.count("sanity")) {
     const int64_t k = std::min<int64_t>(a.sanity_images, static_cast<int64_t>(total));
-    SALIENT_CHECK(k >= 1, "--sanity-images must be >= 1");
     std::vector<at::Tensor> xs;
     std::vector<int64_t> targets;
     for (int64_t i = 0; i < k; ++i) {
