@@ -493,6 +493,15 @@ TEST(Occlusion, LinearModelGetsTheMeanWindowContributionAndBadWindowsAreRejected
       double expected = contrib.narrow(0, i / 3 * 3, 3).narrow(1, j / 3 * 3, 3).sum().item<double>();
       EXPECT_NEAR(a.map[0][0][i][j].item<double>(), expected, 1e-5);
     }
+  // A stride past the image's end: Captum's count gives two starts per side (0 and 9), the
+  // second outside the 6x6 image. Only the window at the corner runs; the pixels it never
+  // covers get 0.
+  auto far = salient::occlusion(model, x, Target::index(1),
+                                salient::OcclusionOptions().window(3).stride(9).optimized(false));
+  EXPECT_EQ(far.forward_samples, 2);  // the clean input and the one window
+  at::Tensor corner = at::zeros({6, 6});
+  corner.narrow(0, 0, 3).narrow(1, 0, 3).fill_(contrib.narrow(0, 0, 3).narrow(1, 0, 3).sum().item<double>());
+  EXPECT_TRUE(close(far.map[0][0], corner, 1e-5, 0));
   EXPECT_NE(msg_of([&] { salient::occlusion(model, x, Target::index(1), salient::OcclusionOptions().window(7)); })
                 .find("window 7 is larger than the image (6x6)"),
             std::string::npos);
@@ -523,6 +532,10 @@ TEST(Rise, MapIsTheScoreWeightedMaskMeanAndSeedsRepeat) {
   // Each sample alone gets the same masks, so the same map.
   auto one = salient::rise(model, x.narrow(0, 1, 1), Target::index(1), o);
   EXPECT_TRUE(close(one.map[0], a.map[1], 1e-6, 1e-5));
+  // A cell wider than the image would make every mask one constant.
+  EXPECT_NE(msg_of([&] { salient::rise_masks(5, 8, 8, salient::RiseOptions().cell(9)); })
+                .find("rise: cell 9 is larger than the image (8x8)"),
+            std::string::npos);
 }
 
 TEST(FasterScoreCam, AllChannelsIsScoreCamAndTopKKeepsTheMostVariedChannels) {
