@@ -322,6 +322,27 @@ TEST(ModelForward, RejectedInputSizeGivesTheModelsErrorBriefly) {
   EXPECT_EQ(m.find('\n'), std::string::npos) << m;
 }
 
+TEST(ModelForward, OutputMustBeFloatingPointScoresPerSampleThroughEveryRunner) {
+  auto scripted = [](const std::string& body) {
+    torch::jit::Module m("Out");
+    m.define("def forward(self, x):\n    " + body + "\n");
+    return Model::from_module(m);
+  };
+  const at::Tensor x = at::ones({2, 1, 4, 4});
+  // (logits, aux): the first element is the scores, as a classifier with an auxiliary head returns.
+  Model tuple = scripted("return (torch.flatten(x, 1)[:, :3], x)");
+  EXPECT_TRUE(at::equal(tuple.predict(x), at::ones({2, 3})));
+  EXPECT_TRUE(at::equal(tuple.infer(x), at::ones({2, 3})));
+  for (auto [body, expected] : std::vector<std::pair<std::string, std::string>>{
+           {"return (torch.flatten(x, 1) > 0).sum(1, keepdim=True)", "returned Long scores; expected floating-point"},
+           {"return torch.flatten(x, 1).sum(1)", "returned shape [2] for input [2, 1, 4, 4], expected [N, classes]"},
+           {"return torch.flatten(x, 0)[:3].view(1, 3)", "returned shape [1, 3] for input [2, 1, 4, 4]"}}) {
+    Model model = scripted(body);
+    EXPECT_NE(msg_of([&] { model.predict(x); }).find(expected), std::string::npos) << body;
+    EXPECT_NE(msg_of([&] { model.infer(x); }).find(expected), std::string::npos) << body;
+  }
+}
+
 TEST(ModelForward, TrainingFlagIsRestoredAndEvalSemanticsUsed) {
   auto module = torch::jit::load(data("models/resnet_tiny_scripted.pt"));
   at::Tensor x = at::randn({2, 3, 16, 16});

@@ -45,6 +45,21 @@ std::string shape_str(at::IntArrayRef s) {
   return os.str();
 }
 
+// The scores in a forward's result: its first element where it is a tuple or list (a
+// model may return (logits, aux)), checked to be floating-point [N, classes] for input x.
+at::Tensor scores_of(c10::IValue out, const std::string& name, const at::Tensor& x) {
+  if (out.isTuple() && !out.toTupleRef().elements().empty()) out = out.toTupleRef().elements()[0];
+  if (out.isList() && !out.toListRef().empty()) out = out.toListRef()[0];
+  SALIENT_CHECK(out.isTensor(), "model '", name, "' returned ", out.tagKind(), ", expected a [N, classes] tensor");
+  at::Tensor t = out.toTensor();
+  SALIENT_CHECK(t.dim() == 2 && t.size(0) == x.size(0), "model '", name, "' returned shape ", shape_str(t.sizes()),
+                " for input ", shape_str(x.sizes()), ", expected [N, classes]");
+  // Integer outputs (counts, class ids) have no gradient and no softmax.
+  SALIENT_CHECK(at::isFloatingType(t.scalar_type()), "model '", name, "' returned ", t.scalar_type(),
+                " scores; expected floating-point logits or probabilities");
+  return t;
+}
+
 // The gist of a LibTorch error: its last "SomethingError: ..." line, or its first line.
 std::string brief(const std::exception& e) {
   std::string msg;
@@ -622,15 +637,7 @@ ForwardResult Model::forward(const at::Tensor& input, const std::vector<std::str
     stack = impl_->run(*compiled->code, x);
   }
   ForwardResult r;
-  c10::IValue out = stack.at(0);
-  if (out.isTuple() && !out.toTupleRef().elements().empty()) out = out.toTupleRef().elements()[0];
-  if (out.isList() && !out.toListRef().empty()) out = out.toListRef()[0];
-  SALIENT_CHECK(out.isTensor(), "model '", impl_->name, "' returned ", out.tagKind(),
-                ", expected a [N, classes] tensor");
-  r.output = out.toTensor();
-  SALIENT_CHECK(r.output.dim() == 2 && r.output.size(0) == x.size(0), "model '", impl_->name,
-                "' returned shape ", shape_str(r.output.sizes()), " for input ", shape_str(x.sizes()),
-                ", expected [N, classes]");
+  r.output = scores_of(stack.at(0), impl_->name, x);
   for (size_t i = 0; i < taps.size(); ++i) {
     const auto& v = stack.at(i + 1);
     SALIENT_CHECK(v.isTensor(), "layer '", taps[i], "' did not produce a tensor");
@@ -742,10 +749,8 @@ at::Tensor Model::infer(const at::Tensor& input, Precision precision) const {
     SALIENT_FAIL("model '", impl_->name, "' failed", bf16 ? " in bf16" : "", " on input of shape ", shape_str(x.sizes()),
                  ": ", brief(e));
   }
-  if (out.isTuple() && !out.toTupleRef().elements().empty()) out = out.toTupleRef().elements()[0];
-  if (out.isList() && !out.toListRef().empty()) out = out.toListRef()[0];
-  SALIENT_CHECK(out.isTensor(), "model '", impl_->name, "' returned ", out.tagKind(), ", expected a [N, classes] tensor");
-  return bf16 ? out.toTensor().to(at::kFloat) : out.toTensor();
+  const at::Tensor scores = scores_of(out, impl_->name, x);
+  return bf16 ? scores.to(at::kFloat) : scores;
 }
 
 std::vector<std::string> Model::frozen_copies() const {
