@@ -73,6 +73,12 @@ TEST(Deletion, ConstantMapFollowsRasterOrderAndBatchedEqualsPerSample) {
   EXPECT_NE(msg_of([&] { salient::deletion(model, x, at::zeros({2, 1, 32, 32}), Target::index(0)); })
                 .find("does not fit the input"),
             std::string::npos);
+  // One channel or the input's three: a 2-channel tensor is no map of this input.
+  EXPECT_NE(msg_of([&] { salient::road(model, x, at::zeros({2, 2, 64, 64}), Target::index(0)); })
+                .find("road: map [2, 2, 64, 64] does not fit the input [2, 3, 64, 64]"),
+            std::string::npos);
+  EXPECT_NE(msg_of([&] { salient::pointing_hit(at::Tensor(), {0, 0, 1, 1}); }).find("must be [C,H,W] or [H,W], got undefined"),
+            std::string::npos);
 }
 
 TEST(PointingGame, PeakInsideOrWithinToleranceHitsConstantMapMisses) {

@@ -44,8 +44,10 @@ namespace detail {
 at::Tensor saliency_rank(const at::Tensor& map, const at::Tensor& x, ChannelReduce reduce, const char* name) {
   const int64_t n = x.size(0), h = x.size(2), w = x.size(3), hw = h * w;
   at::Tensor sal = pixel_saliency(map, reduce).to(x.device());  // a map may come from another device
-  SALIENT_CHECK(sal.size(0) == n && sal.size(1) == h && sal.size(2) == w, name, ": map ", shape_str(map.sizes()),
-                " does not fit the input ", shape_str(x.sizes()));
+  // One channel (a CAM) or the input's (a gradient): any other count is some other tensor.
+  const int64_t channels = map.size(map.dim() - 3);
+  SALIENT_CHECK(sal.size(0) == n && sal.size(1) == h && sal.size(2) == w && (channels == 1 || channels == x.size(1)),
+                name, ": map ", shape_str(map.sizes()), " does not fit the input ", shape_str(x.sizes()));
   at::Tensor order = std::get<1>(at::sort(sal.reshape({n, hw}), /*stable=*/true, /*dim=*/1, /*descending=*/true));
   at::Tensor rank = at::empty_like(order);
   rank.scatter_(1, order, at::arange(hw, order.options()).expand({n, hw}));
@@ -58,9 +60,9 @@ namespace {
 
 // One sample's map as [H, W].
 at::Tensor map_2d(const at::Tensor& map, ChannelReduce reduce) {
-  if (map.dim() == 2) return map.detach().to(at::kFloat);
-  SALIENT_CHECK(map.dim() == 3, "metrics: one sample's map must be [C,H,W] or [H,W], got ",
-                detail::shape_str(map.sizes()));
+  if (map.defined() && map.dim() == 2) return map.detach().to(at::kFloat);
+  SALIENT_CHECK(map.defined() && map.dim() == 3, "metrics: one sample's map must be [C,H,W] or [H,W], got ",
+                map.defined() ? detail::shape_str(map.sizes()) : std::string("undefined"));
   return pixel_saliency(map, reduce)[0];
 }
 
