@@ -195,6 +195,10 @@ TEST(Cli, LayersPrintsPathsShapesAndTheDefaultCamLayer) {
   EXPECT_EQ(arr.size(), 14u);
   EXPECT_EQ(arr[11]["path"], "features.10");
   EXPECT_EQ(arr[11]["shape"], (std::vector<int64_t>{1, 64, 16, 16}));
+  // --model names the file as in every other subcommand.
+  CliRun named = salient_cli("layers --model " + ref_model() + " --input-size 3x64x64 --json");
+  ASSERT_EQ(named.code, 0) << named.out;
+  EXPECT_EQ(nlohmann::json::parse(named.out), arr);
   CliRun bad = salient_cli("layers " + ref_model() + " --input-size 3x64");
   EXPECT_EQ(bad.code, 2);
   EXPECT_EQ(bad.lines().size(), 1u) << bad.out;

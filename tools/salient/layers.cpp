@@ -65,7 +65,8 @@ int run_layers(const LayersArgs& a) {
 
 Runner add_layers(CLI::App& app) {
   auto a = std::make_shared<LayersArgs>();
-  app.add_option("model", a->model, "TorchScript model file")->required();
+  // Positional as documented, or -m/--model like every other subcommand.
+  app.add_option("model,-m,--model", a->model, "TorchScript model file")->required();
   app.add_option("--input-size", a->input_size, "Probe input CxHxW, e.g. 3x224x224");
   app.add_flag("--json", a->json, "Print JSON instead of a table");
   return [a] { return run_layers(*a); };
