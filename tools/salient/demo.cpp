@@ -151,10 +151,10 @@ int run_demo(const DemoArgs& a) {
 Runner add_demo(CLI::App& app) {
   auto a = std::make_shared<DemoArgs>();
   app.add_option("--data", a->data, "Demo data directory (manifest.jsonl, labels.txt, images/)")->capture_default_str();
-  app.add_option("--model", a->model, "Demo model")->capture_default_str();
+  app.add_option("-m,--model", a->model, "Demo model")->capture_default_str();
   add_device_option(app, &a->device);
   app.add_option("--out,-o", a->out, "Output directory")->capture_default_str();
-  app.add_option("--method", a->methods, "Comma-separated methods, or all")->capture_default_str();
+  app.add_option("--method,--methods", a->methods, "Comma-separated methods, or all")->capture_default_str();
   add_method_flags(app, &a->flags);
   return [a] { return run_demo(*a); };
 }
