@@ -131,6 +131,9 @@ TEST(Cli, BadModelsLayersAndTargetsAreOneLineErrors) {
   std::string x = " --input " + dir + "/x.npy";
   expect_bad_input("explain --model " + dir + "/model.pt" + x, dir + "/o1", "is not a TorchScript model");
   expect_bad_input("explain --model " + dir + "/none.pt" + x, dir + "/o2", "not found");
+  // A misspelt command is named, with the commands there are.
+  expect_bad_input("explian --model " + ref_model() + x, dir + "/o2b",
+                   "unknown command 'explian'; use explain, layers, evaluate, batch, report, demo");
   expect_bad_input("explain --model " + ref_model() + x + " --method gradcam --layer features.99", dir + "/o3",
                    "unknown layer 'features.99'");
   CliRun r = salient_cli("explain --model " + ref_model() + x + " --method gradcam --layer features.99 --out " + dir + "/o3");

@@ -33,6 +33,19 @@ int main(int argc, char** argv) {
       salient::cli::add_batch);
   add("report", "Write DIR/report.html from a batch run's results", salient::cli::add_report);
   add("demo", "Explain the bundled demo model on its sample images", salient::cli::add_demo);
+  // CLI11 answers a misspelt command with "A subcommand is required": say which word it was.
+  if (argc > 1 && argv[1][0] != '-') {
+    bool known = false;
+    std::string names;
+    for (auto& c : commands) {
+      known = known || c.first->get_name() == argv[1];
+      names += (names.empty() ? "" : ", ") + c.first->get_name();
+    }
+    if (!known) {
+      std::cerr << "salient: error: unknown command '" << argv[1] << "'; use " << names << "\n";
+      return 2;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
