@@ -160,6 +160,36 @@ TEST(Invariants, ParametersGradsTrainingFlagAndInputAreUntouched) {
   }
 }
 
+TEST(Invariants, AModelNormalisingItsInputInPlaceGetsItsFunctionalTwinsMapsAndLeavesTheInputAlone) {
+  // A forward that starts with x.sub_(mean).div_(std) would change the caller's tensor,
+  // fail every gradient method (an in-place write to a leaf that requires grad) and let
+  // each later pass of a method normalise the values again.
+  at::manual_seed(4);
+  const at::Tensor w = at::randn({4, 3, 3, 3}) * 0.3, b = at::randn({4}) * 0.1, fc = at::randn({3, 4});
+  auto make = [&](const std::string& normalise) {
+    torch::jit::Module conv("Conv2d");
+    conv.register_parameter("weight", w.clone(), false);
+    conv.register_parameter("bias", b.clone(), false);
+    conv.define("def forward(self, x):\n    return torch.conv2d(x, self.weight, self.bias, [1, 1], [1, 1])\n");
+    torch::jit::Module m("Net");
+    m.register_module("conv", conv);
+    m.register_parameter("fc_weight", fc.clone(), false);
+    m.define("def forward(self, x):\n    " + normalise +
+             "\n    a = torch.relu(self.conv.forward(x))\n    return torch.matmul(torch.mean(a, [2, 3]), self.fc_weight.t())\n");
+    return Model::from_module(m);
+  };
+  Model in_place = make("x.sub_(0.5).div_(0.25)"), functional = make("x = (x - 0.5) / 0.25");
+  at::Tensor x = at::rand({2, 3, 12, 12});
+  const at::Tensor x_copy = x.clone();
+  EXPECT_TRUE(at::allclose(in_place.predict(x), functional.predict(x)));
+  EXPECT_TRUE(at::allclose(in_place.infer(x), functional.infer(x), 1e-5, 1e-5));
+  for (const auto& m : all_methods()) {
+    auto a = m.second(in_place, x), f = m.second(functional, x);
+    EXPECT_TRUE(close(a.map, f.map, 1e-6, 1e-4)) << m.first;
+    EXPECT_TRUE(at::equal(x, x_copy)) << m.first;
+  }
+}
+
 TEST(Invariants, TracedAndScriptedFormsGiveTheSameMaps) {
   auto traced = Model::load(data("models/resnet_tiny_traced.pt"));
   auto scripted = Model::load(data("models/resnet_tiny_scripted.pt"));

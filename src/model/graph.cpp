@@ -146,6 +146,10 @@ std::vector<Value*> locate(Graph& g, const std::vector<ValueRef>& refs) {
 
 TapGraph::TapGraph(const std::shared_ptr<Graph>& forward) : inlined_(forward->copy()) {
   torch::jit::Inline(*inlined_);
+  if (inlined_->inputs().size() > 1) {
+    torch::jit::AliasDb db(inlined_);
+    writes_input_ = db.hasWriters(inlined_->inputs()[1]);
+  }
   tag_nodes(*inlined_);
   graph_ = inlined_->copy();
   torch::jit::RemoveTensorMutation(graph_);
@@ -208,6 +212,8 @@ void unmask_relus(Graph& g, std::vector<Value*>* relu_outs) {
     r = y;
   }
 }
+
+bool TapGraph::writes_input() const { return writes_input_; }
 
 bool TapGraph::stops_gradients() const {
   std::vector<Node*> all;

@@ -73,6 +73,11 @@ class TapGraph {
   // drops aten::detach, so a frozen copy of such a model would differentiate through it.
   bool stops_gradients() const;
 
+  // Whether the model's forward writes to its input (or a view of it) in place, as an
+  // in-model normalisation `x.sub_(mean).div_(std)` does: run on the caller's tensor, it
+  // would change it, and every later pass would see the changed values.
+  bool writes_input() const;
+
   // A copy that also returns every tensor a top-level node produces (memory probe).
   std::shared_ptr<torch::jit::Graph> with_all_values() const;
 
@@ -88,6 +93,7 @@ class TapGraph {
   std::shared_ptr<torch::jit::Graph> inlined_;  // as the model wrote it, same node tags as graph_
   std::map<std::string, ModuleOutput> outputs_;
   std::map<std::string, std::string> kinds_;
+  bool writes_input_ = false;
 };
 
 }  // namespace model

@@ -438,6 +438,13 @@ struct Model::Impl {
     return stack;
   }
 
+  // The input as the module gets it: on its device, and a copy of its own where the
+  // forward writes to its input (a clone keeps the gradient path back to the caller's).
+  at::Tensor own_input(const at::Tensor& input) const {
+    at::Tensor x = input.to(device);
+    return graph->writes_input() && x.is_same(input) ? x.clone() : x;
+  }
+
   void init() {
     auto forward = module.get_method("forward").graph();
     SALIENT_CHECK(forward->inputs().size() == 2, "model '", name, "': forward takes ", forward->inputs().size() - 1,
@@ -607,7 +614,7 @@ ForwardResult Model::forward(const at::Tensor& input, const std::vector<std::str
   SALIENT_CHECK(input.defined(), "model '", impl_->name, "': input tensor is undefined");
   // On the model's device (the same tensor when it is there already; a copy keeps the
   // autograd path back to the caller's tensor otherwise).
-  const at::Tensor x = input.to(impl_->device);
+  const at::Tensor x = impl_->own_input(input);
   for (const auto& t : taps) check_layer(t);
   std::shared_ptr<const Impl::Frozen> folded;
   if (autograd == Autograd::Input) {
@@ -734,7 +741,7 @@ std::string Model::infer_runner() const {
 
 at::Tensor Model::infer(const at::Tensor& input, Precision precision) const {
   SALIENT_CHECK(input.defined(), "model '", impl_->name, "': input tensor is undefined");
-  const at::Tensor x = input.to(impl_->device);
+  const at::Tensor x = impl_->own_input(input);
   const bool bf16 = precision == Precision::BFloat16;
   auto f = impl_->infer_copy(bf16);
   SALIENT_CHECK(f->module, "model '", impl_->name, "' cannot run", bf16 ? " in bf16" : "",
@@ -773,7 +780,8 @@ LayerState Model::run_to_layer(const at::Tensor& input, const std::string& layer
   std::vector<c10::IValue> stack;
   {
     at::NoGradGuard no_grad;
-    stack = impl_->run(*prefix->code, x);
+    // x stays as it came: the whole network may run from it again below.
+    stack = impl_->run(*prefix->code, impl_->own_input(x));
   }
   LayerState st;
   st.layer = layer;
