@@ -57,6 +57,23 @@ TEST(VanillaGradient, ProbabilityScoreIsTheSoftmaxJacobianRow) {
   EXPECT_TRUE(close(a.map.flatten(), expected, 1e-7, 1e-5));
 }
 
+TEST(VanillaGradient, ProbabilityOfASingleLogitIsItsSigmoid) {
+  // A binary classifier's one logit: a softmax over one class is 1 whatever the input,
+  // its gradient 0; the sigmoid is the probability such a model gives.
+  at::Tensor w = at::randn({1, 4}), b = at::full({1}, 0.3);
+  auto model = Model::from_module(linear_model(w, b), "linear");
+  at::Tensor x = at::randn({2, 4, 1, 1});
+  auto a = salient::vanilla_gradient(model, x, Target::index(0),
+                                     salient::VanillaOptions().score(salient::Score::Probability));
+  at::Tensor p = at::sigmoid(at::matmul(x.flatten(1), w.t()) + b);  // [2, 1]
+  EXPECT_TRUE(close(a.map.flatten(1), p * (1 - p) * w, 1e-7, 1e-5));  // d sigmoid(z) / dx = p (1 - p) w
+  EXPECT_TRUE(at::allclose(salient::probabilities(at::tensor({0.0f, 2.0f}).view({2, 1})),
+                           at::tensor({0.5f, 0.880797f}).view({2, 1})));
+  EXPECT_TRUE(at::allclose(salient::probabilities(at::zeros({1, 2})), at::full({1, 2}, 0.5)));
+  EXPECT_NE(msg_of([&] { salient::probabilities(at::zeros({3})); }).find("output must be [N, K], got [3]"),
+            std::string::npos);
+}
+
 TEST(GradCam, OneConvModelEqualsHandComputedMap) {
   const int64_t c = 5, k = 3;
   at::Tensor cw = at::randn({c, 2, 3, 3}), cb = at::randn({c}), fw = at::randn({k, c});

@@ -8,7 +8,8 @@
 //                             "logit 2 minus logit 5");
 //
 // For class targets, Score picks the raw logit (default, as Captum and pytorch-grad-cam)
-// or the softmax probability of that class.
+// or the probability of that class: softmax over the classes, or the sigmoid of a
+// binary classifier's single logit ([N, 1] output).
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
@@ -20,6 +21,10 @@ namespace salient {
 
 enum class Score { Logit, Probability };
 const char* to_string(Score s);
+// Class probabilities of an output [N, K]: softmax over the K classes, or for K = 1 (a
+// binary classifier's logit) its sigmoid, which a softmax over one class would flatten
+// to 1 whatever the input.
+at::Tensor probabilities(const at::Tensor& output);
 Score score_from_string(const std::string& s);  // "logit" | "probability"
 
 class Target {

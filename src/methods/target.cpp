@@ -67,6 +67,12 @@ at::Tensor Target::resolve(int64_t n, int64_t k) const {
   return {};
 }
 
+at::Tensor probabilities(const at::Tensor& output) {
+  SALIENT_CHECK(output.defined() && output.dim() == 2, "probabilities: output must be [N, K], got ",
+                output.defined() ? detail::shape_str(output.sizes()) : std::string("undefined"));
+  return output.size(1) == 1 ? at::sigmoid(output) : at::softmax(output, 1);
+}
+
 at::Tensor Target::scores(const at::Tensor& output, const at::Tensor& classes, Score score) const {
   if (kind_ == Kind::Function) {
     at::Tensor s = fn_(output);
@@ -75,7 +81,7 @@ at::Tensor Target::scores(const at::Tensor& output, const at::Tensor& classes, S
     return s;
   }
   at::Tensor idx = classes.to(output.device()).view({-1, 1});
-  at::Tensor base = score == Score::Probability ? at::softmax(output, 1) : output;
+  at::Tensor base = score == Score::Probability ? probabilities(output) : output;
   return base.gather(1, idx).squeeze(1);
 }
 

@@ -470,7 +470,7 @@ int run_batch(const BatchArgs& a) {
         if (!results.at(m).targets.defined() || !results.at(m).targets.equal(t))
           results[m] = explain(model, x, m, Target::per_sample(targets), settings);
     }
-    at::Tensor probs = at::softmax(logits.to(at::kFloat), 1);
+    at::Tensor probs = salient::probabilities(logits.to(at::kFloat));
     for (size_t j = 0; j < group.size(); ++j) {
       const size_t pos = group[j].first;
       if (!records[pos].is_null()) continue;  // done before; in the batch for its numerics only

@@ -87,7 +87,7 @@ int run_demo(const DemoArgs& a) {
     targets.push_back(it.target);
   }
   at::Tensor x = at::cat(xs);
-  at::Tensor probs = at::softmax(model.predict(x), 1);
+  at::Tensor probs = salient::probabilities(model.predict(x));
   at::Tensor predicted = probs.argmax(1);
   // The demo explains the true class: the item's place is the right answer.
   salient::Target target = salient::Target::per_sample(targets);

@@ -146,7 +146,7 @@ int run_explain(const ExplainArgs& a) {
     auto tf = std::chrono::steady_clock::now();
     at::Tensor out = model.predict(x);
     double f_ms = ms_since(tf) / static_cast<double>(g.second.size());
-    at::Tensor p = at::softmax(out, 1);
+    at::Tensor p = salient::probabilities(out);
     std::vector<int64_t> group_targets;
     for (size_t j = 0; j < g.second.size(); ++j) {
       int64_t i = g.second[j];
