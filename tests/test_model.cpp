@@ -292,6 +292,15 @@ TEST(ModelLoad, RejectsMissingEmptyAndNonTorchScriptFiles) {
   // A zip archive that is not TorchScript: the reference's README zipped would do; use a .npy-free zip.
   { std::ofstream(dir + "/fake.pt", std::ios::binary) << std::string("PK\x03\x04garbage", 11); }
   EXPECT_NE(msg_of([&] { Model::load(dir + "/fake.pt"); }).find("not a TorchScript model"), std::string::npos);
+  // Half or double weights would meet float32 inputs at the first layer.
+  for (auto type : {at::kHalf, at::kDouble}) {
+    torch::jit::Module m("Typed");
+    m.register_parameter("w", at::ones({2, 3}, type), false);
+    m.define("def forward(self, x):\n    return torch.flatten(x, 1)[:, :3].to(self.w.dtype).matmul(self.w.t())\n");
+    EXPECT_NE(msg_of([&] { Model::from_module(m, "typed"); })
+                  .find(std::string("model 'typed' has ") + c10::toString(type) + " parameters; salient explains float32"),
+              std::string::npos);
+  }
 }
 
 TEST(ModelLoad, ADeviceThatIsNotHereIsRefusedWithTheReason) {

@@ -458,6 +458,12 @@ struct Model::Impl {
       if (kind.empty() && nm.value.type()->name()) kind = nm.value.type()->name()->name();
       modules.emplace_back(nm.name, kind);
     }
+    // Methods hand the model float32 inputs: a half or double model would fail at its
+    // first layer with LibTorch's words about types.
+    for (const auto& p : module.parameters())
+      SALIENT_CHECK(!at::isFloatingType(p.scalar_type()) || p.scalar_type() == at::kFloat, "model '", name,
+                    "' has ", p.scalar_type(), " parameters; salient explains float32 models (export after "
+                    "model.float())");
     device = c10::Device(c10::kCPU);
     bool found = false;
     for (const auto& p : module.parameters())
