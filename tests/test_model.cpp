@@ -155,6 +155,26 @@ def forward(self, x):
   EXPECT_TRUE(model.frozen_copies().empty());
 }
 
+TEST(ModelTaps, AnOutputCutFromTheInputIsAnErrorForGradientsAndFineForForwards) {
+  // The forward detaches its whole input: no input gradient exists.
+  torch::jit::Module m("DetachAll");
+  m.register_parameter("w", at::full({2, 3}, 0.5), false);
+  m.define(R"(
+def forward(self, x):
+    f = torch.flatten(x.detach(), 1)[:, :3]
+    return torch.matmul(f, self.w.t())
+)");
+  Model model = Model::from_module(m);
+  at::Tensor x = at::rand({2, 1, 2, 2});
+  for (Autograd mode : {Autograd::Full, Autograd::Input})
+    EXPECT_NE(msg_of([&] { model.forward(x.clone().requires_grad_(true), {}, mode); })
+                  .find("its output does not depend on its input through autograd"),
+              std::string::npos);
+  EXPECT_NE(msg_of([&] { salient::vanilla_gradient(model, x); }).find("input gradients cannot be taken"),
+            std::string::npos);
+  EXPECT_TRUE(at::allclose(model.predict(x), model.infer(x)));
+}
+
 TEST(ModelTaps, FromTapsRecordsNoGraphBeforeTheLayer) {
   auto model = Model::load(data("reference/smallcnn_traced.pt"));
   auto r = model.forward(reference()["input"], {"features.4", "features.10"}, Autograd::FromTaps);

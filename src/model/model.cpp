@@ -651,6 +651,13 @@ ForwardResult Model::forward(const at::Tensor& input, const std::vector<std::str
   }
   ForwardResult r;
   r.output = scores_of(stack.at(0), impl_->name, x);
+  // Else the first gradient taken fails with LibTorch's "element 0 of tensors does not
+  // require grad".
+  SALIENT_CHECK(!(autograd == Autograd::Full || autograd == Autograd::Input) || !x.requires_grad() ||
+                    r.output.requires_grad(),
+                "model '", impl_->name, "': its output does not depend on its input through autograd (the forward "
+                "detaches the input or computes from it under torch.no_grad), so input gradients cannot be taken; "
+                "methods that only run forwards (occlusion, rise, scorecam, ...) still can");
   for (size_t i = 0; i < taps.size(); ++i) {
     const auto& v = stack.at(i + 1);
     SALIENT_CHECK(v.isTensor(), "layer '", taps[i], "' did not produce a tensor");
