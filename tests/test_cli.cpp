@@ -85,6 +85,7 @@ TEST(Cli, ExplainImagesWritesPanelsLabelsAndChoosesTheLayer) {
                       "--labels " + dir + "/labels.txt --method gradcam,vanilla --out " + out);
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("CAM methods: using layer 'features'"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("have no output to use"), std::string::npos) << r.out;  // every module is tappable
   EXPECT_EQ(salient::io::read_npy(out + "/cat.gradcam.npy").sizes(), (std::vector<int64_t>{1, 1, 64, 64}));
   EXPECT_EQ(salient::io::read_npy(out + "/cat.vanilla.npy").sizes(), (std::vector<int64_t>{1, 3, 64, 64}));
   cv::Mat panel = salient::io::read_image(out + "/cat.panel.png");
@@ -186,6 +187,38 @@ TEST(Cli, BadUsageExitsWith2AndHelpWith0) {
     EXPECT_EQ(r.code, 0) << sub;
     EXPECT_NE(r.out.find("Usage"), std::string::npos) << sub << r.out;
   }
+}
+
+TEST(Cli, TheDefaultCamLayerLineNamesModulesCalledInsideControlFlow) {
+  // conv2 runs only inside an `if`: it cannot be tapped, so the default is conv1, and the
+  // user is told why a deeper layer was not chosen.
+  auto conv = [](const std::string& name, int64_t in, int64_t out) {
+    torch::jit::Module c(name);
+    c.register_parameter("weight", at::randn({out, in, 3, 3}) * 0.2, false);
+    c.define("def forward(self, x):\n    return torch.conv2d(x, self.weight, None, [1, 1], [1, 1])\n");
+    return c;
+  };
+  torch::jit::Module m("Branchy");
+  m.register_module("conv1", conv("Conv2d", 3, 4));
+  m.register_module("conv2", conv("Conv2d", 4, 4));
+  m.define(R"(
+def forward(self, x):
+    h = torch.relu(self.conv1.forward(x))
+    if x.size(2) > 4:
+        h = torch.relu(self.conv2.forward(h))
+    return torch.mean(h, [2, 3])
+)");
+  std::string dir = temp_dir("cli_branchy");
+  m.save(dir + "/branchy.pt");
+  salient::io::write_npy(dir + "/x.npy", at::rand({1, 3, 8, 8}));
+  CliRun r = salient_cli("explain --model " + dir + "/branchy.pt --input " + dir + "/x.npy --method gradcam --out " +
+                         dir + "/out");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("CAM methods: using layer 'conv1' (last module with a spatial 4-D output); pass --layer to "
+                       "choose another; 1 module(s) have no output to use (inside control flow, or not called): "
+                       "conv2 (salient layers lists them)"),
+            std::string::npos)
+      << r.out;
 }
 
 TEST(Cli, LayersPrintsPathsShapesAndTheDefaultCamLayer) {

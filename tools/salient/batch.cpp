@@ -431,8 +431,7 @@ int run_batch(const BatchArgs& a) {
     if (!announced_layer && settings.layer.empty()) {
       for (const auto& m : ms)
         if (method_info(m).layer && !a.quiet) {
-          std::cerr << "CAM methods: using layer '" << model.default_cam_layer(x.sizes().slice(1).vec())
-                    << "'; pass --layer to choose another\n";
+          std::cerr << default_cam_layer_note(model, x.sizes().slice(1).vec()) << "\n";
           break;
         }
       announced_layer = true;

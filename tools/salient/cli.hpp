@@ -93,6 +93,10 @@ std::vector<std::string> parse_methods(const std::string& spec);
 // CAM-like maps ([N,1,H,W], non-negative, smooth) render with min-max; gradient-like ones
 // with a percentile clip.
 bool is_cam_method(const std::string& name);
+// The line that says which layer CAM methods use when --layer is not given, naming the
+// modules that cannot be chosen (run inside control flow, or never called): the default
+// may then be shallower than the user expects.
+std::string default_cam_layer_note(const salient::Model& model, const std::vector<int64_t>& shape);
 
 // The method flags shared by explain and demo; each sets the ExplainSettings field of the
 // same name, unset flags keep the method's default.

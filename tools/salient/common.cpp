@@ -138,6 +138,19 @@ std::vector<std::string> parse_methods(const std::string& spec) {
 
 bool is_cam_method(const std::string& name) { return !salient::method_info(name).channels; }
 
+std::string default_cam_layer_note(const salient::Model& model, const std::vector<int64_t>& shape) {
+  std::string note = "CAM methods: using layer '" + model.default_cam_layer(shape) +
+                     "' (last module with a spatial 4-D output); pass --layer to choose another";
+  std::vector<std::string> hidden;
+  for (const auto& l : model.layers(shape))
+    if (!l.tappable() && l.kind != "ModuleList" && l.kind != "ModuleDict") hidden.push_back(l.path);
+  if (!hidden.empty()) {
+    note += "; " + std::to_string(hidden.size()) + " module(s) have no output to use (inside control flow, or not " +
+            "called): " + hidden[0] + (hidden.size() > 1 ? ", ..." : "") + " (salient layers lists them)";
+  }
+  return note;
+}
+
 void add_method_flags(CLI::App& app, MethodFlags* f) {
   auto& g = f->given;
   g["layer"] = app.add_option("--layer", f->layer, "Module path for CAM methods (default: automatic; see 'salient layers')");

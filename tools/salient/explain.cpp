@@ -167,8 +167,7 @@ int run_explain(const ExplainArgs& a) {
     bool cam = false;
     for (const auto& m : methods) cam = cam || salient::method_info(m).layer;
     if (cam && settings.layer.empty() && layer_used.empty())
-      std::cerr << "CAM methods: using layer '" << model.default_cam_layer(shape)
-                << "' (last module with a spatial 4-D output); pass --layer to choose another\n";
+      std::cerr << default_cam_layer_note(model, shape) << "\n";
     salient::ExplainStats stats;
     auto results = salient::explain(model, x, methods, target, settings, &stats);
     for (const auto& m : methods) {
