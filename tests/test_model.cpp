@@ -362,7 +362,14 @@ TEST(ModelForward, OutputMustBeFloatingPointScoresPerSampleThroughEveryRunner) {
   Model tuple = scripted("return (torch.flatten(x, 1)[:, :3], x)");
   EXPECT_TRUE(at::equal(tuple.predict(x), at::ones({2, 3})));
   EXPECT_TRUE(at::equal(tuple.infer(x), at::ones({2, 3})));
+  // A dict (as Hugging Face models return): its "logits", or its only entry.
+  Model dict = scripted("return {\"aux\": x, \"logits\": torch.flatten(x, 1)[:, :2] * 2.0}");
+  EXPECT_TRUE(at::equal(dict.predict(x), at::full({2, 2}, 2.0)));
+  EXPECT_TRUE(at::equal(dict.infer(x), at::full({2, 2}, 2.0)));
+  EXPECT_TRUE(at::equal(scripted("return {\"out\": torch.flatten(x, 1)[:, :3]}").predict(x), at::ones({2, 3})));
   for (auto [body, expected] : std::vector<std::pair<std::string, std::string>>{
+           {"return {\"a\": torch.flatten(x, 1), \"b\": torch.flatten(x, 1)}",
+            "returned a dict with keys {a, b}; salient takes the scores from its \"logits\" entry or its only one"},
            {"return (torch.flatten(x, 1) > 0).sum(1, keepdim=True)", "returned Long scores; expected floating-point"},
            {"return torch.flatten(x, 1).sum(1)", "returned shape [2] for input [2, 1, 4, 4], expected [N, classes]"},
            {"return torch.flatten(x, 0)[:3].view(1, 3)", "returned shape [1, 3] for input [2, 1, 4, 4]"}}) {

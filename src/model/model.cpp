@@ -50,6 +50,17 @@ std::string shape_str(at::IntArrayRef s) {
 at::Tensor scores_of(c10::IValue out, const std::string& name, const at::Tensor& x) {
   if (out.isTuple() && !out.toTupleRef().elements().empty()) out = out.toTupleRef().elements()[0];
   if (out.isList() && !out.toListRef().empty()) out = out.toListRef()[0];
+  // A dict as Hugging Face models return it: its "logits", or its one entry.
+  if (out.isGenericDict()) {
+    const auto dict = out.toGenericDict();
+    std::string keys;
+    for (const auto& kv : dict)
+      keys += (keys.empty() ? "" : ", ") + (kv.key().isString() ? kv.key().toStringRef() : std::string("?"));
+    const auto logits = dict.find(c10::IValue(std::string("logits")));
+    SALIENT_CHECK(logits != dict.end() || dict.size() == 1, "model '", name, "' returned a dict with keys {", keys,
+                  "}; salient takes the scores from its \"logits\" entry or its only one");
+    out = logits != dict.end() ? logits->value() : dict.begin()->value();
+  }
   SALIENT_CHECK(out.isTensor(), "model '", name, "' returned ", out.tagKind(), ", expected a [N, classes] tensor");
   at::Tensor t = out.toTensor();
   SALIENT_CHECK(t.dim() == 2 && t.size(0) == x.size(0), "model '", name, "' returned shape ", shape_str(t.sizes()),
