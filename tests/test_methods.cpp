@@ -177,25 +177,32 @@ TEST(Invariants, ParametersGradsTrainingFlagAndInputAreUntouched) {
   }
 }
 
+namespace {
+
+// conv (3 -> 4, "conv") -> relu -> mean -> fc (4 -> 3), fixed weights; `prologue` runs on
+// x first, `scores` names what forward returns given the logits z.
+Model small_net(const std::string& prologue, const std::string& scores) {
+  at::manual_seed(4);
+  const at::Tensor w = at::randn({4, 3, 3, 3}) * 0.3, b = at::randn({4}) * 0.1, fc = at::randn({3, 4});
+  torch::jit::Module conv("Conv2d");
+  conv.register_parameter("weight", w, false);
+  conv.register_parameter("bias", b, false);
+  conv.define("def forward(self, x):\n    return torch.conv2d(x, self.weight, self.bias, [1, 1], [1, 1])\n");
+  torch::jit::Module m("Net");
+  m.register_module("conv", conv);
+  m.register_parameter("fc_weight", fc, false);
+  m.define("def forward(self, x):\n    " + prologue + "\n    a = torch.relu(self.conv.forward(x))\n" +
+           "    z = torch.matmul(torch.mean(a, [2, 3]), self.fc_weight.t())\n    return " + scores + "\n");
+  return Model::from_module(m);
+}
+
+}  // namespace
+
 TEST(Invariants, AModelNormalisingItsInputInPlaceGetsItsFunctionalTwinsMapsAndLeavesTheInputAlone) {
   // A forward that starts with x.sub_(mean).div_(std) would change the caller's tensor,
   // fail every gradient method (an in-place write to a leaf that requires grad) and let
   // each later pass of a method normalise the values again.
-  at::manual_seed(4);
-  const at::Tensor w = at::randn({4, 3, 3, 3}) * 0.3, b = at::randn({4}) * 0.1, fc = at::randn({3, 4});
-  auto make = [&](const std::string& normalise) {
-    torch::jit::Module conv("Conv2d");
-    conv.register_parameter("weight", w.clone(), false);
-    conv.register_parameter("bias", b.clone(), false);
-    conv.define("def forward(self, x):\n    return torch.conv2d(x, self.weight, self.bias, [1, 1], [1, 1])\n");
-    torch::jit::Module m("Net");
-    m.register_module("conv", conv);
-    m.register_parameter("fc_weight", fc.clone(), false);
-    m.define("def forward(self, x):\n    " + normalise +
-             "\n    a = torch.relu(self.conv.forward(x))\n    return torch.matmul(torch.mean(a, [2, 3]), self.fc_weight.t())\n");
-    return Model::from_module(m);
-  };
-  Model in_place = make("x.sub_(0.5).div_(0.25)"), functional = make("x = (x - 0.5) / 0.25");
+  Model in_place = small_net("x.sub_(0.5).div_(0.25)", "z"), functional = small_net("x = (x - 0.5) / 0.25", "z");
   at::Tensor x = at::rand({2, 3, 12, 12});
   const at::Tensor x_copy = x.clone();
   EXPECT_TRUE(at::allclose(in_place.predict(x), functional.predict(x)));
@@ -204,6 +211,20 @@ TEST(Invariants, AModelNormalisingItsInputInPlaceGetsItsFunctionalTwinsMapsAndLe
     auto a = m.second(in_place, x), f = m.second(functional, x);
     EXPECT_TRUE(close(a.map, f.map, 1e-6, 1e-4)) << m.first;
     EXPECT_TRUE(at::equal(x, x_copy)) << m.first;
+  }
+}
+
+TEST(Invariants, AModelReturningADictOrATupleGetsTheMapsOfItsTensorTwin) {
+  // Every runner (whole graph, folded copy, frozen plan, the layers before and after a
+  // CAM layer) takes the scores out of the dict or tuple the same way.
+  Model plain = small_net("x = x", "z");
+  at::Tensor x = at::rand({2, 3, 12, 12});
+  for (const std::string ret : {"{\"logits\": z, \"hidden\": a}", "(z, a)"}) {
+    Model wrapped = small_net("x = x", ret);
+    for (const auto& m : all_methods()) {
+      auto a = m.second(wrapped, x), p = m.second(plain, x);
+      EXPECT_TRUE(close(a.map, p.map, 1e-6, 1e-4)) << ret << " " << m.first;
+    }
   }
 }
 

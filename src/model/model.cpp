@@ -809,7 +809,7 @@ LayerState Model::run_to_layer(const at::Tensor& input, const std::string& layer
   }
   LayerState st;
   st.layer = layer;
-  st.output = stack.at(0).toTensor();
+  st.output = scores_of(stack.at(0), impl_->name, x);
   st.activation = stack.at(1).toTensor();
   bool batch_major = true;
   for (size_t i = 0; i < suffix->extras.size(); ++i) {
@@ -843,11 +843,7 @@ at::Tensor Model::run_from_layer(const LayerState& st, const at::Tensor& activat
     SALIENT_FAIL("model '", impl_->name, "' failed after layer '", st.layer, "' on activations of shape ",
                  shape_str(activations.sizes()), ": ", brief(e));
   }
-  c10::IValue out = stack.at(0);
-  if (out.isTuple() && !out.toTupleRef().elements().empty()) out = out.toTupleRef().elements()[0];
-  if (out.isList() && !out.toListRef().empty()) out = out.toListRef()[0];
-  SALIENT_CHECK(out.isTensor(), "model '", impl_->name, "' returned ", out.tagKind(), ", expected a tensor");
-  return out.toTensor();
+  return scores_of(stack.at(0), impl_->name, activations);
 }
 
 std::vector<std::string> Model::tappable_layers() const {
