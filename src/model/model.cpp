@@ -46,7 +46,8 @@ std::string shape_str(at::IntArrayRef s) {
 }
 
 // The scores in a forward's result: its first element where it is a tuple or list (a
-// model may return (logits, aux)), checked to be floating-point [N, classes] for input x.
+// model may return (logits, aux)), a dict's "logits", checked to be floating-point
+// [N, classes] for input x.
 at::Tensor scores_of(c10::IValue out, const std::string& name, const at::Tensor& x) {
   if (out.isTuple() && !out.toTupleRef().elements().empty()) out = out.toTupleRef().elements()[0];
   if (out.isList() && !out.toListRef().empty()) out = out.toListRef()[0];
