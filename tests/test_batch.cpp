@@ -181,6 +181,22 @@ size_t count_temporaries(const fs::path& dir) {
 
 }  // namespace
 
+TEST(Batch, ALinkWhoseTargetIsGoneIsReportedNotSkipped) {
+  const fs::path root = temp_dir("batch_dangling");
+  fs::create_directories(root / "images");
+  std::mt19937 rng(3);
+  spit(root / "images" / "good.png", encode(".png", picture(rng)));
+  fs::create_symlink(root / "moved-away.png", root / "images" / "gone.png");
+  const fs::path out = root / "out";
+  CliRun r = salient_cli(batch_args(root / "images", out));
+  EXPECT_EQ(r.code, 1) << r.out;
+  auto errors = lines_of(out / "errors.jsonl");
+  ASSERT_EQ(errors.size(), 1u) << r.out;
+  EXPECT_EQ(errors[0]["key"], "gone.png");
+  EXPECT_NE(errors[0]["reason"].get<std::string>().find("not found"), std::string::npos) << errors[0].dump();
+  EXPECT_EQ(lines_of(out / "results.jsonl").size(), 1u);
+}
+
 TEST(Batch, BrokenImagesAreReportedWithDistinctReasonsTheRestExplainedAndARerunSkipsAll) {
   // CI size; SALIENT_BATCH_IMAGES=1000 runs the full-size check (950 good, 50 broken).
   const char* env = std::getenv("SALIENT_BATCH_IMAGES");

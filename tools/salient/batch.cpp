@@ -101,7 +101,9 @@ std::vector<Item> list_images(const std::string& dir) {
   const auto opts = fs::directory_options::skip_permission_denied;
   for (auto it = fs::recursive_directory_iterator(dir, opts); it != fs::recursive_directory_iterator(); ++it) {
     std::error_code ec;
-    if (!it->is_regular_file(ec) || !is_image_file(it->path())) continue;
+    // A link whose target is gone is listed, so that it is reported rather than skipped.
+    const bool dangling = it->is_symlink(ec) && !fs::exists(it->path(), ec);
+    if (!(it->is_regular_file(ec) || dangling) || !is_image_file(it->path())) continue;
     Item item;
     item.key = fs::relative(it->path(), dir).generic_string();
     item.source = it->path().string();
