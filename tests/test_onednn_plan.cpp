@@ -69,6 +69,24 @@ TEST(OneDnnPlan, FusedWinogradResidualNetMatchesTheModelsOwnGraphAtEveryShape) {
   }
 }
 
+TEST(OneDnnPlan, OutputsHeldByTheCallerSurviveLaterRunsAtOtherBatchSizes) {
+  // The output is the plain copy of a 16-channel map (256 KiB a sample, on the plan's
+  // pooled buffers) seen through flatten: each block goes back to the pool only when the
+  // caller drops the tensor, whatever runs in between.
+  const char* src = R"(
+def forward(self, x):
+    return torch.flatten(torch.relu(torch.conv2d(x, self.w, self.b, [1, 1], [1, 1], [1, 1], 1)), 1)
+)";
+  Model model = Model::from_module(conv_module("ConvMap", src, {{"w", {16, 3, 3, 3}}, {"b", {16}}}));
+  EXPECT_EQ(model.infer_runner(), expected_runner());
+  std::vector<at::Tensor> xs, outs;
+  for (int64_t n : {3, 5, 3, 4, 5, 1}) {
+    xs.push_back(at::randn({n, 3, 64, 64}));
+    outs.push_back(model.infer(xs.back()));
+  }
+  for (size_t i = 0; i < xs.size(); ++i) EXPECT_TRUE(close(outs[i], model.predict(xs[i]), 1e-5, 1e-4)) << "run " << i;
+}
+
 TEST(OneDnnPlan, InPlaceSumsAndReluOnTheInputLeaveTheCallersTensorAlone) {
   // x + conv(x) written in place: the sum's operand is the caller's tensor.
   const char* src = R"(
