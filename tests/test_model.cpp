@@ -302,6 +302,32 @@ TEST(ModelLayers, InputChannelsComeFromTheFirstConvolution) {
   EXPECT_EQ(Model::load(data("models/resnet_tiny_scripted.pt")).input_channels(), 3);
 }
 
+
+TEST(ModelMemory, AForwardAloneIsEstimatedFromTheValuesAliveTogether) {
+  // conv -> relu -> conv -> relu -> mean -> linear on [3, 10, 10]: each conv output (8
+  // channels, 3200 bytes) lives until the relu after it has read it, so at most two of
+  // them are alive at once (6400 bytes). Forward only: twice that plus twice the input
+  // (1200 bytes). With autograd every value is kept: four 3200-byte maps, the pooled 32
+  // and the 8-byte output, plus two of the largest and four copies of the input.
+  torch::jit::Module m("TwoConv");
+  m.register_parameter("w1", at::randn({8, 3, 3, 3}), false);
+  m.register_parameter("w2", at::randn({8, 8, 3, 3}), false);
+  m.register_parameter("fc", at::randn({2, 8}), false);
+  m.define(R"(
+def forward(self, x):
+    a = torch.conv2d(x, self.w1, None, [1, 1], [1, 1])
+    b = torch.relu(a)
+    c = torch.conv2d(b, self.w2, None, [1, 1], [1, 1])
+    d = torch.relu(c)
+    return torch.matmul(torch.mean(d, [2, 3]), self.fc.t())
+)");
+  auto model = Model::from_module(m, "two_conv");
+  EXPECT_EQ(model.forward_bytes_per_sample({3, 10, 10}), 2 * 6400 + 2 * 1200);
+  EXPECT_EQ(model.bytes_per_sample({3, 10, 10}), 4 * 3200 + 32 + 8 + 2 * 3200 + 4 * 1200);
+  at::Tensor x = at::zeros({1, 3, 10, 10});
+  EXPECT_EQ(salient::forward_chunk_rows(model, x, 3 * 15200 + 1), 3);
+  EXPECT_EQ(salient::forward_chunk_rows(model, x, 100), 1);
+}
 TEST(ModelLoad, RejectsMissingEmptyAndNonTorchScriptFiles) {
   std::string dir = temp_dir("model_load");
   EXPECT_NE(msg_of([&] { Model::load(dir + "/nope.pt"); }).find("not found"), std::string::npos);

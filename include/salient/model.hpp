@@ -185,6 +185,9 @@ class Model {
   // Estimated bytes one sample of shape [C, H, W] needs for a forward and backward;
   // methods divide their memory budget by it to size chunks.
   int64_t bytes_per_sample(const std::vector<int64_t>& input_shape) const;
+  // The same for a forward without autograd (infer and the forward-only methods), which
+  // holds only the values still to be read.
+  int64_t forward_bytes_per_sample(const std::vector<int64_t>& input_shape) const;
 
   const std::string& name() const;
   torch::jit::Module& module() const;

@@ -51,7 +51,10 @@ struct SmoothGradOptions {
 Attribution smoothgrad(const Model& model, const at::Tensor& x, const Target& target = Target::predicted(),
                        const SmoothGradOptions& options = {});
 
-// Rows per chunk for samples of shape [C, H, W] under `budget` bytes (at least 1).
+// Rows per chunk for samples like x's under `budget` bytes (at least 1): for forwards
+// and backwards (gradient methods), and for forwards alone (forward-only methods and
+// metrics).
 int64_t chunk_rows(const Model& model, const at::Tensor& x, int64_t budget);
+int64_t forward_chunk_rows(const Model& model, const at::Tensor& x, int64_t budget);
 
 }  // namespace salient

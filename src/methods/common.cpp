@@ -111,12 +111,6 @@ std::function<at::Tensor(int64_t, int64_t)> input_rows(const Model& model,
   return [&model, make_rows, inference](int64_t r0, int64_t r1) { return inference.run(model, make_rows(r0, r1)); };
 }
 
-int64_t forward_chunk_rows(const Model& model, const at::Tensor& x, int64_t budget) {
-  // Without autograd a forward holds a few of its values at a time; sizing its batches as a
-  // forward and backward's keeps them far inside the budget.
-  return chunk_rows(model, x, budget);
-}
-
 std::vector<int64_t> even_chunks(int64_t rows, int64_t max_chunk) {
   std::vector<int64_t> bounds{0};
   if (rows <= 0) return bounds;

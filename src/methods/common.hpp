@@ -10,6 +10,7 @@
 #include "salient/attribution.hpp"
 #include "salient/error.hpp"
 #include "salient/model.hpp"
+#include "salient/smoothgrad.hpp"  // chunk_rows, forward_chunk_rows
 #include "salient/target.hpp"
 
 namespace salient {
@@ -71,9 +72,6 @@ at::Tensor batched_scores(int64_t rows, int64_t chunk, const std::function<at::T
 std::function<at::Tensor(int64_t, int64_t)> input_rows(const Model& model,
                                                        std::function<at::Tensor(int64_t, int64_t)> make_rows,
                                                        Inference inference);
-
-// Rows per forward-only chunk under `budget` bytes for samples like x's.
-int64_t forward_chunk_rows(const Model& model, const at::Tensor& x, int64_t budget);
 
 // Chunk boundaries [0, b1, ..., rows]: as many chunks as `max_chunk` rows each would need,
 // their sizes differing by one at most. 26 rows at most 25 a chunk run as 13 + 13, not

@@ -14,6 +14,11 @@ int64_t chunk_rows(const Model& model, const at::Tensor& x, int64_t budget) {
   return std::max<int64_t>(1, budget / per_row);
 }
 
+int64_t forward_chunk_rows(const Model& model, const at::Tensor& x, int64_t budget) {
+  int64_t per_row = std::max<int64_t>(1, model.forward_bytes_per_sample(detail::sample_shape(x)));
+  return std::max<int64_t>(1, budget / per_row);
+}
+
 Attribution smoothgrad(const Model& model, const at::Tensor& x, const Target& target,
                        const SmoothGradOptions& options) {
   at::Tensor xf = detail::checked_input(model, x, "smoothgrad");

@@ -383,12 +383,31 @@ std::shared_ptr<Graph> TapGraph::prefix(const std::vector<ValueRef>& values) con
   return g;
 }
 
-std::shared_ptr<Graph> TapGraph::with_all_values() const {
+std::shared_ptr<Graph> TapGraph::with_all_values(std::vector<std::pair<size_t, size_t>>* spans) const {
   auto g = graph_->copy();
-  for (Node* n : top_nodes(*g)) {
+  const std::vector<Node*> nodes = top_nodes(*g);
+  std::map<const Node*, size_t> position;
+  for (size_t i = 0; i < nodes.size(); ++i) position[nodes[i]] = i;
+  std::set<const Value*> returned(g->outputs().begin(), g->outputs().end());
+  auto top_of = [](Node* n) {
+    while (n->owningBlock()->owningNode() != nullptr) n = n->owningBlock()->owningNode();
+    return n;
+  };
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    Node* n = nodes[i];
     if (n->kind() == c10::prim::GetAttr || n->kind() == c10::prim::Constant) continue;
-    for (Value* v : n->outputs())
-      if (is_tensor(v)) g->registerOutput(v);
+    for (Value* v : n->outputs()) {
+      if (!is_tensor(v)) continue;
+      if (spans) {
+        // Read last by the latest top-level node using it (a use inside an if or a loop
+        // counts as its node's); the model's own outputs live to the end.
+        size_t last = returned.count(v) ? nodes.size() : i;
+        for (const auto& use : v->uses())
+          if (use.user != g->return_node()) last = std::max(last, position.at(top_of(use.user)));
+        spans->emplace_back(i, last);
+      }
+      g->registerOutput(v);
+    }
   }
   return g;
 }

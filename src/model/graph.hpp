@@ -78,8 +78,10 @@ class TapGraph {
   // would change it, and every later pass would see the changed values.
   bool writes_input() const;
 
-  // A copy that also returns every tensor a top-level node produces (memory probe).
-  std::shared_ptr<torch::jit::Graph> with_all_values() const;
+  // A copy that also returns every tensor a top-level node produces (memory probe), after
+  // the model's outputs. With `spans`, each such value's lifetime in top-level nodes:
+  // [producing node, last node reading it]; the node count for the model's outputs.
+  std::shared_ptr<torch::jit::Graph> with_all_values(std::vector<std::pair<size_t, size_t>>* spans = nullptr) const;
 
   // The node producing a value of the analysed graph.
   torch::jit::Node* producer(const ValueRef& ref) const;

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <fstream>
+#include <limits>
 #include <map>
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -138,7 +139,7 @@ struct Model::Impl {
     std::mutex mu;
     std::map<std::string, std::shared_ptr<Compiled>> compiled;
     std::map<std::vector<int64_t>, std::vector<LayerInfo>> layer_cache;
-    std::map<std::vector<int64_t>, int64_t> bytes_cache;
+    std::map<std::vector<int64_t>, std::pair<int64_t, int64_t>> bytes_cache;  // with, without autograd
     std::map<std::vector<int64_t>, std::string> cam_layer_cache;
   };
   explicit Impl(std::shared_ptr<Structure> s = std::make_shared<Structure>())
@@ -159,7 +160,7 @@ struct Model::Impl {
   std::mutex& mu;
   std::map<std::string, std::shared_ptr<Compiled>>& compiled;
   std::map<std::vector<int64_t>, std::vector<LayerInfo>>& layer_cache;
-  std::map<std::vector<int64_t>, int64_t>& bytes_cache;
+  std::map<std::vector<int64_t>, std::pair<int64_t, int64_t>>& bytes_cache;
   std::map<std::vector<int64_t>, std::string>& cam_layer_cache;
   // Frozen copies of the module: for infer() in float32 and bf16, for Autograd::Input, and
   // per layer the network up to it (split_forward). Each remembers the parameters and buffers it was made from (the tensors, held, and
@@ -365,6 +366,9 @@ struct Model::Impl {
     }
     return stack;
   }
+
+  // Estimated bytes a sample of this shape needs: {forward and backward, forward only}.
+  std::pair<int64_t, int64_t> sample_bytes(const std::vector<int64_t>& input_shape) const;
 
   // The suffix graph after `layer` (cached): inputs self, the activation, the extras.
   std::shared_ptr<Compiled> suffix_code(const std::string& layer) const {
@@ -1029,42 +1033,85 @@ int64_t Model::input_channels() const {
   return value->toTensor().size(1);
 }
 
-int64_t Model::bytes_per_sample(const std::vector<int64_t>& input_shape) const {
+// Both estimates come from one run of the graph on a sample of zeros that keeps every
+// value; cached per input shape.
+std::pair<int64_t, int64_t> Model::Impl::sample_bytes(const std::vector<int64_t>& input_shape) const {
   {
-    std::lock_guard<std::mutex> lock(impl_->mu);
-    auto it = impl_->bytes_cache.find(input_shape);
-    if (it != impl_->bytes_cache.end()) return it->second;
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = bytes_cache.find(input_shape);
+    if (it != bytes_cache.end()) return it->second;
   }
-  auto g = impl_->graph->with_all_values();
+  std::vector<std::pair<size_t, size_t>> spans;
+  auto g = graph->with_all_values(&spans);
   torch::jit::Code code(g, "salient_probe");
   std::vector<int64_t> shape{1};
   shape.insert(shape.end(), input_shape.begin(), input_shape.end());
-  at::Tensor x = at::zeros(shape, at::TensorOptions().device(impl_->device));
+  at::Tensor x = at::zeros(shape, at::TensorOptions().device(device));
   std::vector<c10::IValue> stack;
   {
     at::NoGradGuard no_grad;
-    stack = impl_->run(code, x);
+    stack = run(code, x);
   }
-  std::set<const void*> seen;
+  // Each storage once (views share one), alive from its first producer to its last reader;
+  // the model's outputs to the end. Views of parameters and buffers (a weight's .t()) are
+  // the model's, not the sample's.
+  std::set<const void*> weights;
+  for (const auto& p : module.parameters()) weights.insert(p.storage().data());
+  for (const auto& b : module.buffers())
+    if (b.defined() && b.has_storage()) weights.insert(b.storage().data());
+  const size_t first_value = stack.size() - spans.size(), end = std::numeric_limits<size_t>::max();
+  std::map<const void*, std::pair<std::pair<size_t, size_t>, int64_t>> storages;  // span, bytes
   int64_t activations = 0, largest = 0;
-  for (const auto& v : stack) {
+  for (size_t k = 0; k < stack.size(); ++k) {
+    const size_t i = (k + first_value) % stack.size();  // the values first, then the outputs
+    const auto& v = stack[i];
     if (!v.isTensor()) continue;
     const auto& t = v.toTensor();
-    if (!t.defined() || !t.has_storage()) continue;
-    if (seen.insert(t.storage().data()).second) {
-      activations += static_cast<int64_t>(t.storage().nbytes());
-      largest = std::max<int64_t>(largest, static_cast<int64_t>(t.storage().nbytes()));
+    if (!t.defined() || !t.has_storage() || weights.count(t.storage().data())) continue;
+    const int64_t nbytes = static_cast<int64_t>(t.storage().nbytes());
+    const std::pair<size_t, size_t> span = i >= first_value ? spans[i - first_value] : std::make_pair(end, end);
+    auto it = storages.find(t.storage().data());
+    if (it == storages.end()) {
+      storages.emplace(t.storage().data(), std::make_pair(span, nbytes));
+      activations += nbytes;
+      largest = std::max(largest, nbytes);
+    } else {
+      it->second.first.first = std::min(it->second.first.first, span.first);
+      it->second.first.second = std::max(it->second.first.second, span.second);
     }
   }
+  // Without autograd a forward holds only the values still to be read: the most bytes
+  // alive at once, over the nodes.
+  std::map<size_t, int64_t> change;
+  for (const auto& kv : storages) {
+    change[kv.second.first.first] += kv.second.second;
+    if (kv.second.first.second != end) change[kv.second.first.second + 1] -= kv.second.second;
+  }
+  int64_t live = 0, peak = 0;
+  for (const auto& kv : change) peak = std::max(peak, live += kv.second);
+  const int64_t input = x.numel() * static_cast<int64_t>(sizeof(float));
   // Autograd keeps at most the forward's values, and frees each as the backward passes it;
   // the backward's gradient buffers live a few at a time (two of the largest), and the input
   // is copied a few times (noise, leaf, gradient). ResNet-50 at 224x224: 148 MiB a row
   // estimated; SmoothGrad- and IG-1000 in chunks of at most 6 peak 464 and 786 MiB above
   // the loaded model, IG's with its folded copy's weights (docs/BENCHMARKS.md, Memory).
-  int64_t bytes = activations + 2 * largest + 4 * x.numel() * static_cast<int64_t>(sizeof(float));
-  std::lock_guard<std::mutex> lock(impl_->mu);
-  impl_->bytes_cache[input_shape] = bytes;
-  return bytes;
+  const int64_t with_grad = activations + 2 * largest + 4 * input;
+  // Twice the live peak: the oneDNN plan's padded blocked copies, reorders and Winograd
+  // scratch, or LibTorch's own conversions, sit on top of the values themselves; plus the
+  // row itself and the perturbed copy a method builds. ResNet-50 at 224x224: 19.5 MiB
+  // estimated, about 11.4 MiB measured per row of a 48-row Model::infer.
+  const int64_t without_grad = 2 * peak + 2 * input;
+  std::lock_guard<std::mutex> lock(mu);
+  bytes_cache[input_shape] = {with_grad, without_grad};
+  return {with_grad, without_grad};
+}
+
+int64_t Model::bytes_per_sample(const std::vector<int64_t>& input_shape) const {
+  return impl_->sample_bytes(input_shape).first;
+}
+
+int64_t Model::forward_bytes_per_sample(const std::vector<int64_t>& input_shape) const {
+  return impl_->sample_bytes(input_shape).second;
 }
 
 const std::string& Model::name() const { return impl_->name; }
