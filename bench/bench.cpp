@@ -821,8 +821,9 @@ int main(int argc, char** argv) {
             "- Forward-only methods run on the frozen graph (torch::jit::freeze, BatchNorm folded into the "
             "convolutions) through salient's oneDNN plan (Model::infer_runner() \"onednn\"; docs/methods.md, "
             "oneDNN plan): Winograd for 3x3 stride-1 convolutions, each ReLU and residual sum fused into the "
-            "convolution before it, one blocked layout throughout. They run in batches from the memory budget, "
-            "evened out; the baseline runs plain eager forwards in batches of the largest size, the last one "
+            "convolution before it, one blocked layout throughout. They run in batches from the memory budget "
+            "(Model::forward_bytes_per_sample: the values a forward holds at once, not a backward's), evened out; "
+            "the baseline runs plain eager forwards in batches of the largest size, the last one "
             "holding the rest. The row \"frozen forward alone\" times one such batch through Model::infer against "
             "one eager batch: about the floor of these rows in float32 on this CPU (measured at another moment, "
             "so a row can land a little below it). It is lowest where 3x3 convolutions dominate (ResNet-18, the "
@@ -916,7 +917,9 @@ int main(int argc, char** argv) {
              << "x |\n";
         md << "\nThe ratios in the table above compare method and baseline under the same setting; with glibc's "
               "defaults a forward-only row's ratio is its frozen cost over the eager cost of the first and third "
-              "columns here.\n";
+              "columns here. The frozen graph's own activation buffers come from the oneDNN plan's pool, kept "
+              "between runs whatever the setting (docs/methods.md, oneDNN plan), so it depends on the setting far "
+              "less than eager forwards; what remains is the allocations of the ops the plan leaves to LibTorch.\n";
       }
       std::ofstream(o.markdown) << md.str();
       std::cout << "wrote " << o.markdown << "\n";
