@@ -87,6 +87,23 @@ def forward(self, x):
   for (size_t i = 0; i < xs.size(); ++i) EXPECT_TRUE(close(outs[i], model.predict(xs[i]), 1e-5, 1e-4)) << "run " << i;
 }
 
+TEST(OneDnnPlan, ForwardOnlyMethodsHandTheBuffersBackWhenTheyReturn) {
+  // Kept between infer calls (chunks reuse them), released when a method's chunks are
+  // done, so a gradient method that runs next has the memory.
+  if (!salient::model::onednn_plan_available()) GTEST_SKIP() << "this build has no oneDNN";
+  Model model = Model::from_module(conv_module("ResidualNet", kResidualNet, kResidualParams));
+  at::Tensor x = at::randn({1, 3, 64, 64});
+  model.infer(x.expand({8, 3, 64, 64}).contiguous());
+  EXPECT_GT(model.buffer_bytes(), 0);
+  model.release_buffers();
+  EXPECT_EQ(model.buffer_bytes(), 0);
+  auto a = salient::occlusion(model, x, salient::Target::index(1), salient::OcclusionOptions().window(16).stride(8));
+  EXPECT_GT(a.forward_samples, 8);
+  EXPECT_EQ(model.buffer_bytes(), 0);
+  salient::infidelity(model, x, a.map, salient::Target::index(1));
+  EXPECT_EQ(model.buffer_bytes(), 0);
+}
+
 TEST(OneDnnPlan, InPlaceSumsAndReluOnTheInputLeaveTheCallersTensorAlone) {
   // x + conv(x) written in place: the sum's operand is the caller's tensor.
   const char* src = R"(

@@ -136,6 +136,13 @@ class Model {
   // graph). SALIENT_ONEDNN=0 in the environment turns the plan off. Builds infer's copy if
   // there is none yet.
   std::string infer_runner() const;
+  // Hands the activation buffers infer() and the frozen CAM prefixes keep between calls
+  // (the oneDNN plan's pool) back to malloc, except those an output still uses.
+  // Forward-only methods and metrics call it when they return, so that what runs next can
+  // reuse the memory.
+  void release_buffers() const;
+  // Bytes those buffers take now (0 where no oneDNN plan runs).
+  int64_t buffer_bytes() const;
 
   // The frozen copies built so far: "infer", "infer-bf16", "folded" (Autograd::Input;
   // "folded|guided|<taps>..." with taps or another ReLU gradient), "prefix|<layer>"

@@ -123,7 +123,7 @@ Curve perturbation_curve(const Model& model, const at::Tensor& x, const at::Tens
   };
   Curve curve;
   curve.scores =
-      detail::batched_scores(rows, forward_chunk_rows(model, xf, o.memory_budget()),
+      detail::batched_scores(model, rows, forward_chunk_rows(model, xf, o.memory_budget()),
                              detail::input_rows(model, make_rows, inference), [&](int64_t r) { return r / per; },
                              classes, target, o.score())
           .view({n, per});

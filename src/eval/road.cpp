@@ -508,7 +508,7 @@ RoadResult road(const Model& model, const at::Tensor& x, const at::Tensor& map, 
                   noise.index_select(0, idx.remainder(per)));
   };
   at::Tensor scores =
-      detail::batched_scores(rows, forward_chunk_rows(model, xf, o.memory_budget()),
+      detail::batched_scores(model, rows, forward_chunk_rows(model, xf, o.memory_budget()),
                              detail::input_rows(model, make_rows, inference), [&](int64_t r) { return r / per; },
                              classes, target, o.score())
           .view({n, 2, k});

@@ -31,6 +31,7 @@ at::Tensor infidelity(const Model& model, const at::Tensor& x, const at::Tensor&
   at::Tensor noise = detail::seeded_randn({k, n, xf.size(1), xf.size(2), xf.size(3)}, gen, xf) * o.noise_std();
   at::Tensor rows = at::cat({xf, (xf.unsqueeze(0) - noise).reshape({k * n, xf.size(1), xf.size(2), xf.size(3)})});
   at::Tensor out = inference.run(model, rows);
+  model.release_buffers();  // one batch: nothing reuses them
   at::Tensor clean_out = out.narrow(0, 0, n), perturbed_out = out.narrow(0, n, k * n);
   // The target is fixed on the clean input.
   const Target t = target.is_predicted() ? Target::per_sample(detail::to_vector(target.resolve(clean_out))) : target;

@@ -107,7 +107,7 @@ Attribution score_weighted(const Model& model, LayerPass& p, const at::Tensor& x
     return xf.index_select(0, sample) * ((up - lo) / (hi - lo + 1e-8));
   };
   const int64_t rows = n * k;
-  at::Tensor scores = detail::batched_scores(rows, forward_chunk_rows(model, xf, budget), detail::input_rows(model, make_rows, inference), [&](int64_t r) { return r / k; }, classes, target, score);
+  at::Tensor scores = detail::batched_scores(model, rows, forward_chunk_rows(model, xf, budget), detail::input_rows(model, make_rows, inference), [&](int64_t r) { return r / k; }, classes, target, score);
   at::Tensor weights = at::zeros({n, c}, p.act.options());
   weights.scatter_(1, selected, at::softmax(scores.view({n, k}), 1));
   p.result.forward_samples += rows;
@@ -183,7 +183,7 @@ at::Tensor suffix_scores(const Model& model, Split& s, const Target& target, Sco
     return model.run_from_layer(s.state, make_rows(r0, r1), examples);
   };
   at::Tensor scores = detail::batched_scores(
-      rows, forward_chunk_rows(model, s.xf, budget), outputs_of,
+      model, rows, forward_chunk_rows(model, s.xf, budget), outputs_of,
       [&](int64_t r) { return r / per_sample; }, classes, target, score);
   s.pass.result.forward_samples += rows;  // partial forwards: the layers after the split
   return scores;

@@ -84,9 +84,15 @@ at::Tensor classes_tensor(const std::vector<int64_t>& classes, int64_t n, const 
   return (classes.empty() ? at::full({n}, -1, opts) : at::tensor(classes, opts)).to(like.device());
 }
 
-at::Tensor batched_scores(int64_t rows, int64_t chunk, const std::function<at::Tensor(int64_t, int64_t)>& outputs_of,
+at::Tensor batched_scores(const Model& model, int64_t rows, int64_t chunk,
+                          const std::function<at::Tensor(int64_t, int64_t)>& outputs_of,
                           const std::function<int64_t(int64_t)>& sample_of, const std::vector<int64_t>& classes,
                           const Target& target, Score score) {
+  // The chunks share the inference buffers; whatever runs next gets their memory back.
+  struct Release {
+    const Model& model;
+    ~Release() { model.release_buffers(); }
+  } release{model};
   std::vector<at::Tensor> scores;
   at::NoGradGuard no_grad;
   const std::vector<int64_t> bounds = even_chunks(rows, chunk);

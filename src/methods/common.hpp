@@ -63,7 +63,8 @@ at::Tensor classes_tensor(const std::vector<int64_t>& classes, int64_t n, const 
 // Scores of many perturbed rows, forward-only, in chunks: outputs_of(r0, r1) gives the
 // model output for rows [r0, r1); row r belongs to sample sample_of(r) and is scored for
 // that sample's class (range-checked against the output), or by the target's function.
-at::Tensor batched_scores(int64_t rows, int64_t chunk, const std::function<at::Tensor(int64_t, int64_t)>& outputs_of,
+// The model's inference buffers are released when it returns (Model::release_buffers).
+at::Tensor batched_scores(const Model& model, int64_t rows, int64_t chunk, const std::function<at::Tensor(int64_t, int64_t)>& outputs_of,
                           const std::function<int64_t(int64_t)>& sample_of, const std::vector<int64_t>& classes,
                           const Target& target, Score score);
 

@@ -57,7 +57,7 @@ Attribution occlusion(const Model& model, const at::Tensor& x, const Target& tar
     }
     return at::stack(parts);
   };
-  at::Tensor scores = detail::batched_scores(rows, forward_chunk_rows(model, xf, o.memory_budget()), detail::input_rows(model, make_rows, inference), [&](int64_t r) { return r / (per_sample + 1); }, classes, target, o.score());
+  at::Tensor scores = detail::batched_scores(model, rows, forward_chunk_rows(model, xf, o.memory_budget()), detail::input_rows(model, make_rows, inference), [&](int64_t r) { return r / (per_sample + 1); }, classes, target, o.score());
   // Windows are summed on the CPU (a GPU would wait once per window read) and the map
   // moved to the input's device.
   at::Tensor sum = at::zeros({n, 1, h, w}), count = at::zeros({n, 1, h, w});
@@ -119,7 +119,7 @@ Attribution rise(const Model& model, const at::Tensor& x, const Target& target, 
     at::Tensor r = detail::row_range(r0, r1, xf);
     return xf.index_select(0, r.div(m, "floor")) * masks.index_select(0, r.remainder(m));
   };
-  at::Tensor scores = detail::batched_scores(rows, forward_chunk_rows(model, xf, o.memory_budget()), detail::input_rows(model, make_rows, inference), [&](int64_t r) { return r / m; }, classes, target, o.score());
+  at::Tensor scores = detail::batched_scores(model, rows, forward_chunk_rows(model, xf, o.memory_budget()), detail::input_rows(model, make_rows, inference), [&](int64_t r) { return r / m; }, classes, target, o.score());
   // Σ_i score_i M_i / (m p), per sample.
   at::Tensor weighted = at::matmul(scores.view({n, m}), masks.view({m, h * w}));
   a.map = (weighted / (static_cast<double>(m) * o.keep())).view({n, 1, h, w});

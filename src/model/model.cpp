@@ -762,6 +762,20 @@ void Model::Impl::optimise(torch::jit::Module frozen, Frozen* fr, bool float32) 
   fr->module = std::make_unique<torch::jit::Module>(torch::jit::optimize_for_inference(frozen));
 }
 
+void Model::release_buffers() const {
+  std::lock_guard<std::mutex> lock(impl_->frozen_mu);
+  for (const auto& kv : impl_->frozen)
+    if (kv.second && kv.second->plan) kv.second->plan->release_buffers();
+}
+
+int64_t Model::buffer_bytes() const {
+  std::lock_guard<std::mutex> lock(impl_->frozen_mu);
+  int64_t bytes = 0;
+  for (const auto& kv : impl_->frozen)
+    if (kv.second && kv.second->plan) bytes += kv.second->plan->buffer_bytes();
+  return bytes;
+}
+
 std::string Model::infer_runner() const {
   auto f = impl_->infer_copy(false);
   if (f->plan) return "onednn";

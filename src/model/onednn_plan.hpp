@@ -25,6 +25,10 @@ class OneDnnPlan {
   // std::runtime_error where this input's shapes do not fit the plan (a fused sum over
   // operands of different shapes); the caller then runs the graph itself.
   c10::IValue run(const at::Tensor& x) const;
+  // Frees the activation buffers kept between runs that no output still uses.
+  void release_buffers() const;
+  // Bytes of activation buffers held now, in use or kept.
+  int64_t buffer_bytes() const;
   ~OneDnnPlan();
 
   struct Impl;
