@@ -45,13 +45,26 @@ struct Level {
   int64_t h = 0, w = 0, S = 0;  // S: padded row stride
   int64_t y0 = 0, y1 = 0;       // rows holding unknowns: [y0, y1)
   std::vector<float> act;       // 1 at unknowns, else 0
+  std::vector<int64_t> xa, xb;  // per row y0..y1: the unknowns lie in columns [xa, xb)
   std::vector<float> diag, inv_diag, off[8];  // coarse levels: the stencil (off[k]: to neighbour k)
-  Level(int64_t hh, int64_t ww) : h(hh), w(ww), S(ww + 2), act(size(), 0.f) {}
+  Level(int64_t hh, int64_t ww) : h(hh), w(ww), S(ww + 2), act(size(), 0.f), xa(hh), xb(hh) {}
   int64_t size() const { return (h + 2) * S; }
   int64_t at(int64_t y, int64_t x) const { return (y + 1) * S + x + 1; }
   // Padded rows a pass may touch: the unknowns' rows and one halo row either side.
   int64_t first() const { return y0 * S; }
   int64_t touched() const { return (y1 - y0 + 2) * S; }
+  // Passes run over each row's span of unknowns only: outside it every vector stays at the
+  // zero its solve cleared it to. A saliency order removes blobs, so the spans cover about
+  // 3/4 of the unknowns' rows at 10%-90% removed (Grad-CAM maps, 96 and 224 pixels).
+  void set_spans() {
+    for (int64_t y = y0; y < y1; ++y) {
+      const float* a = act.data() + at(y, 0);
+      int64_t l = 0, r = w;
+      while (l < w && a[l] == 0.f) ++l;
+      while (r > l && a[r - 1] == 0.f) --r;
+      xa[y] = l, xb[y] = r;
+    }
+  }
 };
 
 // out = A e on the unknowns' rows for `channels` planes P apart (fine level: constant
@@ -68,7 +81,7 @@ void apply_fine(const Level& L, const float* deg, const float* e, float* out, in
       const float* __restrict u = L.act.data() + b;
       const float* __restrict dg = deg + b;
       float* __restrict o = out + c * P + b;
-      for (int64_t x = 0; x < L.w; ++x)
+      for (int64_t x = L.xa[y]; x < L.xb[y]; ++x)
         o[x] = u[x] * (dg[x] * mid[x] - kEdge * (up[x] + dn[x] + mid[x - 1] + mid[x + 1]) -
                        kCorner * (up[x - 1] + up[x + 1] + dn[x - 1] + dn[x + 1]));
     }
@@ -92,7 +105,7 @@ void apply_coarse(const Level& L, const float* e, float* out, int channels) {
       const float* __restrict o6 = L.off[6].data() + b;
       const float* __restrict o7 = L.off[7].data() + b;
       float* __restrict o = out + c * P + b;
-      for (int64_t x = 0; x < L.w; ++x)
+      for (int64_t x = L.xa[y]; x < L.xb[y]; ++x)
         o[x] = d[x] * mid[x] + o0[x] * up[x - 1] + o1[x] * up[x] + o2[x] * up[x + 1] + o3[x] * mid[x - 1] +
                o4[x] * mid[x + 1] + o5[x] * dn[x - 1] + o6[x] * dn[x] + o7[x] * dn[x + 1];
     }
@@ -138,6 +151,7 @@ class Imputer {
     std::fill(f.act.begin() + f.first(), f.act.begin() + f.first() + f.touched(), 0.f);
     for (int64_t y = f.y0; y < f.y1; ++y)
       for (int64_t x = 0; x < w_; ++x) f.act[f.at(y, x)] = removed[y * w_ + x] ? 1.f : 0.f;
+    f.set_spans();
     build_coarse_levels();
     for (size_t l = 0; l < levels_.size(); ++l)
       for (auto* v : {&vr_[l], &ve_[l], &vt_[l]}) clear(levels_[l], *v);
@@ -164,7 +178,7 @@ class Imputer {
         const float* __restrict dn = kn + at + f.S;
         const float* __restrict u = f.act.data() + at;
         float* __restrict o = b_.data() + c * P + at;
-        for (int64_t x = 0; x < w_; ++x)
+        for (int64_t x = f.xa[y]; x < f.xb[y]; ++x)
           o[x] = u[x] * (kEdge * (up[x] + dn[x] + mid[x - 1] + mid[x + 1]) +
                          kCorner * (up[x - 1] + up[x + 1] + dn[x - 1] + dn[x + 1]));
       }
@@ -215,6 +229,7 @@ class Imputer {
         }
       for (int64_t i = c.first(); i < c.first() + c.touched(); ++i)
         if (c.diag[i] > 0) c.act[i] = 1.f, c.inv_diag[i] = 1.f / c.diag[i];
+      c.set_spans();
     }
     factor_coarsest();
   }
@@ -291,7 +306,7 @@ class Imputer {
         float* __restrict ec = e + c * P + b;
         const float* __restrict rc = r + c * P + b;
         const float* __restrict iv = inv + b;
-        for (int64_t x = 0; x < L.w; ++x) ec[x] = omega * iv[x] * rc[x];
+        for (int64_t x = L.xa[y]; x < L.xb[y]; ++x) ec[x] = omega * iv[x] * rc[x];
       }
     apply(l, e, t);
     // Restriction sums each 2x2 block's residual; a block's second row or column may be
@@ -300,7 +315,7 @@ class Imputer {
       for (int c = 0; c < C; ++c) {
         const int64_t b0 = c * P + L.at(2 * Y, 0), b1 = c * P + L.at(2 * Y + 1, 0);
         float* __restrict rcoarse = vr_[l + 1].data() + c * Pc + Lc.at(Y, 0);
-        for (int64_t X = 0; X < Lc.w; ++X) {
+        for (int64_t X = Lc.xa[Y]; X < Lc.xb[Y]; ++X) {
           const int64_t x = 2 * X;
           rcoarse[X] = (r[b0 + x] - t[b0 + x]) + (r[b0 + x + 1] - t[b0 + x + 1]) + (r[b1 + x] - t[b1 + x]) +
                        (r[b1 + x + 1] - t[b1 + x + 1]);
@@ -314,7 +329,7 @@ class Imputer {
         const float* __restrict a = L.act.data() + b;
         float* __restrict er = e + c * P + b;
         // 2X + 1 may be the padding column: its act is 0 and it stays 0.
-        for (int64_t X = 0; X < Lc.w; ++X) {
+        for (int64_t X = Lc.xa[y / 2]; X < Lc.xb[y / 2]; ++X) {
           const float v = kCoarseScale * crow[X];
           er[2 * X] += a[2 * X] * v, er[2 * X + 1] += a[2 * X + 1] * v;
         }
@@ -327,7 +342,7 @@ class Imputer {
         const float* __restrict rc = r + c * P + b;
         const float* __restrict tc = t + c * P + b;
         const float* __restrict iv = inv + b;
-        for (int64_t x = 0; x < L.w; ++x) ec[x] += omega * iv[x] * (rc[x] - tc[x]);
+        for (int64_t x = L.xa[y]; x < L.xb[y]; ++x) ec[x] += omega * iv[x] * (rc[x] - tc[x]);
       }
   }
 
@@ -337,13 +352,14 @@ class Imputer {
     const Level& f = levels_[0];
     double s = 0;
     for (int64_t y = f.y0; y < f.y1; ++y) {
-      const float* pa = a.data() + c * f.size() + f.at(y, 0);
-      const float* pe = e.data() + c * f.size() + f.at(y, 0);
+      const float* pa = a.data() + c * f.size() + f.at(y, 0) + f.xa[y];
+      const float* pe = e.data() + c * f.size() + f.at(y, 0) + f.xa[y];
+      const int64_t n = f.xb[y] - f.xa[y];
       float acc[16] = {};
       int64_t x = 0;
-      for (; x + 16 <= w_; x += 16)
+      for (; x + 16 <= n; x += 16)
         for (int j = 0; j < 16; ++j) acc[j] += pa[x + j] * pe[x + j];
-      for (; x < w_; ++x) acc[0] += pa[x] * pe[x];
+      for (; x < n; ++x) acc[0] += pa[x] * pe[x];
       float row = 0;
       for (float v : acc) row += v;
       s += row;
@@ -351,11 +367,11 @@ class Imputer {
     return s;
   }
 
-  // Calls f with the start of each of the unknowns' rows in channel c's plane.
+  // Calls f(start, n) with each row's span of unknowns in channel c's plane.
   template <typename F>
   void rows(int c, F&& f) {
     const Level& L = levels_[0];
-    for (int64_t y = L.y0; y < L.y1; ++y) f(c * L.size() + L.at(y, 0));
+    for (int64_t y = L.y0; y < L.y1; ++y) f(c * L.size() + L.at(y, L.xa[y]), L.xb[y] - L.xa[y]);
   }
 
   // Each channel runs its own iteration (step sizes, stopping test); they share the
@@ -372,7 +388,7 @@ class Imputer {
     std::copy(b_.begin(), b_.end(), res.begin());
     const float* z = precondition();
     for (int c = 0; c < C; ++c) {
-      rows(c, [&](int64_t b) { std::copy(z + b, z + b + w_, p_.data() + b); });
+      rows(c, [&](int64_t b, int64_t n) { std::copy(z + b, z + b + n, p_.data() + b); });
       bb[c] = dot(b_, b_, c), rz[c] = dot(res, ve_[0], c), rr[c] = bb[c];
       active[c] = bb[c] > 0 && rr[c] > 1e-10 * bb[c];
     }
@@ -384,12 +400,12 @@ class Imputer {
         if (active[c] && pap <= 0) active[c] = false;
         alpha[c] = active[c] ? rz[c] / pap : 0.0;  // a finished channel stays where it is
         const float a = static_cast<float>(alpha[c]);
-        rows(c, [&](int64_t b) {
+        rows(c, [&](int64_t b, int64_t n) {
           float* __restrict x = x_.data() + b;
           float* __restrict r = res.data() + b;
           const float* __restrict p = p_.data() + b;
           const float* __restrict ap = ap_.data() + b;
-          for (int64_t i = 0; i < w_; ++i) x[i] += a * p[i], r[i] -= a * ap[i];
+          for (int64_t i = 0; i < n; ++i) x[i] += a * p[i], r[i] -= a * ap[i];
         });
       }
       z = precondition();
@@ -398,10 +414,10 @@ class Imputer {
         beta[c] = active[c] ? rz_new / rz[c] : 0.0;
         if (active[c]) rz[c] = rz_new;
         const float bt = static_cast<float>(beta[c]);
-        rows(c, [&](int64_t b) {
+        rows(c, [&](int64_t b, int64_t n) {
           float* __restrict p = p_.data() + b;
           const float* __restrict zz = z + b;
-          for (int64_t i = 0; i < w_; ++i) p[i] = zz[i] + bt * p[i];
+          for (int64_t i = 0; i < n; ++i) p[i] = zz[i] + bt * p[i];
         });
         rr[c] = dot(res, res, c);
         active[c] = active[c] && rr[c] > 1e-10 * bb[c];
