@@ -1,3 +1,4 @@
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 
 #include <limits>
@@ -604,6 +605,48 @@ TEST(Rise, MapIsTheScoreWeightedMaskMeanAndSeedsRepeat) {
   EXPECT_NE(msg_of([&] { salient::rise_masks(5, 8, 8, salient::RiseOptions().cell(9)); })
                 .find("rise: cell 9 is larger than the image (8x8)"),
             std::string::npos);
+}
+
+TEST(Rise, MasksAreTheirGridUpsampledBilinearlyAndCroppedAtTheirShift) {
+  // The definition, written out with ATen: a grid of cells kept with probability `keep`,
+  // upsampled to one cell more than the image (align_corners = false), cropped at a random
+  // shift within a cell; grid and shifts drawn in that order from the seeded generator.
+  struct Case {
+    int64_t m, h, w, cell;
+  };
+  for (const Case& c : {Case{40, 8, 8, 3}, Case{25, 10, 7, 0}, Case{6, 57, 41, 9}}) {
+    const auto o = salient::RiseOptions().cell(c.cell).keep(0.4).seed(5);
+    const int64_t cell = c.cell > 0 ? c.cell : (std::max(c.h, c.w) + 6) / 7;
+    const int64_t gh = (c.h + cell - 1) / cell, gw = (c.w + cell - 1) / cell;
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(5);
+    at::Tensor grid = (at::rand({c.m, 1, gh, gw}, gen) < 0.4).to(at::kFloat);
+    at::Tensor shifts = at::randint(0, cell, {c.m, 2}, gen, at::TensorOptions().dtype(at::kLong));
+    at::Tensor up = at::upsample_bilinear2d(grid, {(gh + 1) * cell, (gw + 1) * cell}, /*align_corners=*/false);
+    at::Tensor masks = salient::rise_masks(c.m, c.h, c.w, o);
+    ASSERT_EQ(masks.sizes(), (std::vector<int64_t>{c.m, 1, c.h, c.w}));
+    for (int64_t i = 0; i < c.m; ++i) {
+      at::Tensor expected =
+          up[i].narrow(1, shifts[i][0].item<int64_t>(), c.h).narrow(2, shifts[i][1].item<int64_t>(), c.w);
+      EXPECT_TRUE(close(masks[i], expected, 1e-6, 0)) << "mask " << i << " of " << c.h << "x" << c.w;
+    }
+  }
+}
+
+TEST(Rise, MasksMadeChunkByChunkUnderASmallBudgetGiveTheSameMap) {
+  // 60 masks of 12x12 (34.6 KB): held whole under the default budget; under 16 KB, made a
+  // chunk of rows at a time and again in blocks of 3 for the weighted sum.
+  at::Tensor w = at::randn({2, 1 * 12 * 12}), b = at::zeros({2});
+  auto model = Model::from_module(linear_model(w, b), "linear");
+  at::Tensor x = at::randn({3, 1, 12, 12});
+  auto o = salient::RiseOptions().n_masks(60).cell(5).seed(3).score(salient::Score::Logit).optimized(false);
+  const int64_t small = 16 << 10, chunk = salient::forward_chunk_rows(model, x, small);
+  ASSERT_GT(chunk, 1);   // chunks of several rows ...
+  ASSERT_LT(chunk, 60);  // ... that cross from one sample's masks to the next's
+  ASSERT_NE(60 % chunk, 0);
+  auto held = salient::rise(model, x, Target::per_sample({0, 1, 0}), o);
+  auto made = salient::rise(model, x, Target::per_sample({0, 1, 0}), salient::RiseOptions(o).memory_budget(small));
+  EXPECT_TRUE(close(made.map, held.map, 1e-6, 1e-5));
+  EXPECT_EQ(made.forward_samples, held.forward_samples);
 }
 
 TEST(FasterScoreCam, AllChannelsIsScoreCamAndTopKKeepsTheMostVariedChannels) {
