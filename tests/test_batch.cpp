@@ -345,25 +345,30 @@ TEST(Batch, ManifestTargetsApplyAndABadEntryFailsAloneInItsBatch) {
   const fs::path root = temp_dir("batch_manifest");
   at::manual_seed(1);
   salient::io::write_npy((root / "x.npy").string(), at::rand({5, 3, 96, 96}));
+  salient::io::write_npy((root / "y.npy").string(), at::rand({2, 3, 96, 96}));
   std::ofstream(root / "m.jsonl") << "{\"input\": \"x.npy\", \"index\": 0, \"target\": 3}\n"
                                   << "{\"input\": \"x.npy\", \"index\": 1}\n"
                                   << "{\"input\": \"x.npy\", \"index\": 2, \"target\": 99}\n"
                                   << "{\"input\": \"x.npy\", \"index\": 7}\n"
-                                  << "{\"input\": \"x.npy\", \"index\": 4, \"target\": 5}\n";
+                                  << "{\"input\": \"x.npy\", \"index\": 4, \"target\": 5}\n"
+                                  << "{\"input\": \"y.npy\"}\n";  // which of its 2?
   const std::string args = "batch --model " + demo_model() + " --data '" + (root / "m.jsonl").string() +
                            "' --methods gradcam --batch-size 8 --quiet --out '" + (root / "out").string() + "'";
   CliRun r = salient_cli(args);
   EXPECT_EQ(r.code, 1) << r.out;
-  EXPECT_EQ(r.last_line(), "done 3, failed 2, skipped 0; reasons in " + (root / "out" / "errors.jsonl").string());
+  EXPECT_EQ(r.last_line(), "done 3, failed 3, skipped 0; reasons in " + (root / "out" / "errors.jsonl").string());
   auto results = lines_of(root / "out" / "results.jsonl");
   ASSERT_EQ(results.size(), 3u);
   EXPECT_EQ(results[0]["key"], "x.npy[0]");
   EXPECT_EQ(results[0]["target"], 3);
   EXPECT_EQ(results[2]["target"], 5);
   auto errors = lines_of(root / "out" / "errors.jsonl");
-  ASSERT_EQ(errors.size(), 2u);
+  ASSERT_EQ(errors.size(), 3u);
   EXPECT_NE(errors[0]["reason"].get<std::string>().find("99"), std::string::npos) << errors[0].dump();
   EXPECT_NE(errors[1]["reason"].get<std::string>().find("out of range"), std::string::npos) << errors[1].dump();
+  EXPECT_NE(errors[2]["reason"].get<std::string>().find("y.npy' holds 2 samples: say which with \"index\""),
+            std::string::npos)
+      << errors[2].dump();
   // A malformed manifest is the user's file, not an image: one line, exit 2.
   std::ofstream(root / "bad.jsonl") << "{\"input\": \"x.npy\"}\nnot json\n";
   CliRun bad = salient_cli("batch --model " + demo_model() + " --data '" + (root / "bad.jsonl").string() + "' --out '" +

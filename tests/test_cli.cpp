@@ -451,14 +451,18 @@ TEST(Cli, EvaluateRejectsBadManifestsWithOneLine) {
                          " --metrics deletion --out " + dir + "/o18");
   EXPECT_EQ(r.code, 2) << r.out;
   EXPECT_EQ(r.last_line().rfind("salient: error: " + dir + "/r.jsonl:2 ('tiny.npy[0]'): model ", 0), 0u) << r.out;
+  // A file of several samples needs "index": sample 0 would be a guess.
+  salient::io::write_npy(dir + "/two.npy", reference()["input"].narrow(0, 0, 2));
+  expect_bad_input(run + manifest("s.jsonl", "{\"input\": \"two.npy\", \"index\": 1}\n{\"input\": \"two.npy\"}\n"),
+                   dir + "/o19", "s.jsonl:2: '" + dir + "/two.npy' holds 2 samples: say which with \"index\"");
 }
 
 TEST(Cli, EvaluateMetricsAllRunsEveryMetricTheManifestAllows) {
   std::string dir = temp_dir("cli_evaluate_all_metrics");
   salient::io::write_npy(dir + "/x.npy", reference()["input"].narrow(0, 0, 2));
-  std::ofstream(dir + "/boxes.jsonl") << "{\"input\": \"x.npy\", \"box\": [0, 0, 31, 31]}\n"
+  std::ofstream(dir + "/boxes.jsonl") << "{\"input\": \"x.npy\", \"index\": 0, \"box\": [0, 0, 31, 31]}\n"
                                       << "{\"input\": \"x.npy\", \"index\": 1, \"box\": [8, 8, 40, 40]}\n";
-  std::ofstream(dir + "/bare.jsonl") << "{\"input\": \"x.npy\", \"box\": [0, 0, 31, 31]}\n"
+  std::ofstream(dir + "/bare.jsonl") << "{\"input\": \"x.npy\", \"index\": 0, \"box\": [0, 0, 31, 31]}\n"
                                      << "{\"input\": \"x.npy\", \"index\": 1}\n";
   const std::string base = "evaluate --model " + ref_model() + " --methods integrated_gradients --data " + dir;
   const std::string run = "evaluate --model " + ref_model() + " --methods integrated_gradients --metrics all --data " + dir;

@@ -154,6 +154,8 @@ Loaded load_item(const Item& item, const io::Preprocess& pre, int channels, cons
       if (t.dim() == 3) t = t.unsqueeze(0);
       SALIENT_CHECK(t.dim() == 4 && at::isFloatingType(t.scalar_type()), "'", item.source,
                     "' must hold float32 [N,C,H,W]");
+      SALIENT_CHECK(item.index_given || t.size(0) == 1, "'", item.source, "' holds ", t.size(0),
+                    " samples: say which with \"index\"");
       SALIENT_CHECK(item.index < t.size(0), "index ", item.index, " out of range (", t.size(0), " rows)");
       l.x = t.narrow(0, item.index, 1).to(at::kFloat).contiguous();
       SALIENT_CHECK(at::isfinite(l.x).all().item<bool>(), "the tensor contains NaN or Inf");

@@ -30,6 +30,7 @@ struct ManifestEntry {
   std::string key;     // the "image" string, or "X.npy[i]"
   std::string source;  // the file to read, resolved against the manifest's folder
   int64_t index = -1;  // row of a .npy input; -1 for images
+  bool index_given = false;  // a .npy of several samples needs "index": which one is not a guess
   int64_t target = -1; // -1: the predicted class
   bool has_box = false;
   Box box{};

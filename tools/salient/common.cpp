@@ -316,6 +316,7 @@ std::vector<ManifestEntry> read_manifest(const std::string& path) {
       SALIENT_CHECK(j["input"].is_string(), where, ": \"input\" must be a .npy file name");
       SALIENT_CHECK(!j.contains("index") || j["index"].is_number_integer(), where, ": \"index\" must be an integer");
       e.index = j.value("index", int64_t(0));
+      e.index_given = j.contains("index");
       SALIENT_CHECK(e.index >= 0, where, ": \"index\" must be >= 0");
       e.key = j["input"].get<std::string>() + "[" + std::to_string(e.index) + "]";
       e.source = resolve(j["input"].get<std::string>());

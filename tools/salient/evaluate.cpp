@@ -76,6 +76,8 @@ std::vector<Entry> load_manifest(const std::string& path, const io::Preprocess& 
       if (t.dim() == 3) t = t.unsqueeze(0);
       SALIENT_CHECK(t.dim() == 4 && at::isFloatingType(t.scalar_type()), where, ": '", m.source,
                     "' must hold float32 [N,C,H,W]");
+      SALIENT_CHECK(m.index_given || t.size(0) == 1, where, ": '", m.source, "' holds ", t.size(0),
+                    " samples: say which with \"index\"");
       SALIENT_CHECK(m.index < t.size(0), where, ": index ", m.index, " out of range for '", m.source, "' (",
                     t.size(0), " rows)");
       e.x = t.narrow(0, m.index, 1).to(at::kFloat);
