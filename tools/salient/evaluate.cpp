@@ -9,8 +9,10 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iomanip>
 #include <iostream>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -42,20 +44,24 @@ struct EvaluateArgs {
 const std::vector<std::string> kMetrics = {"deletion",    "insertion",   "road",        "pointing",   "energy",
                                            "infidelity",  "sensitivity", "completeness", "sanity"};
 
-// One manifest entry, loaded.
+// One manifest entry, checked. Its input is read again at its turn rather than held: a
+// manifest of 5000 ImageNet-sized images would otherwise hold 3 GB of inputs all run.
 struct Entry {
   std::string name;   // for per_image.jsonl
   std::string where;  // "manifest:line", for errors found later
-  at::Tensor x;       // [1,C,H,W]
+  std::function<at::Tensor()> load;  // the model input, [1,C,H,W]
+  std::vector<int64_t> shape;        // its [C,H,W]
   int64_t target = -1;
   bool has_box = false, has_mask = false;
   Box box{};
   at::Tensor mask;    // [H,W]
 };
 
-// The manifest's entries, loaded and checked against the model input they give.
+// The manifest's entries, each read and checked against the model input it gives.
 std::vector<Entry> load_manifest(const std::string& path, const io::Preprocess& pre, int channels) {
   std::vector<Entry> out;
+  // A .npy is read once and kept (its loaders hold views of it): the file is the user's
+  // choice of what to hold.
   std::map<std::string, at::Tensor> npy_cache;
   for (const ManifestEntry& m : read_manifest(path)) {
     const std::string& where = m.where;
@@ -69,7 +75,7 @@ std::vector<Entry> load_manifest(const std::string& path, const io::Preprocess& 
     e.where = where;
     e.target = m.target;
     if (m.index < 0) {
-      e.x = io::prepare(io::read_image(m.source), pre, channels).tensor;
+      e.load = [source = m.source, pre, channels] { return io::prepare(io::read_image(source), pre, channels).tensor; };
     } else {
       if (!npy_cache.count(m.source)) npy_cache[m.source] = io::read_npy(m.source);
       at::Tensor t = npy_cache[m.source];
@@ -80,11 +86,13 @@ std::vector<Entry> load_manifest(const std::string& path, const io::Preprocess& 
                     " samples: say which with \"index\"");
       SALIENT_CHECK(m.index < t.size(0), where, ": index ", m.index, " out of range for '", m.source, "' (",
                     t.size(0), " rows)");
-      e.x = t.narrow(0, m.index, 1).to(at::kFloat);
+      e.load = [rows = t, index = m.index] { return rows.narrow(0, index, 1).to(at::kFloat); };
     }
     // Found here, a bad row fails the run at once with its line, not at its turn.
-    SALIENT_CHECK(at::isfinite(e.x).all().item<bool>(), where, ": '", m.key, "' has non-finite values (NaN or Inf)");
-    const int64_t h = e.x.size(2), w = e.x.size(3);
+    const at::Tensor x = e.load();
+    SALIENT_CHECK(at::isfinite(x).all().item<bool>(), where, ": '", m.key, "' has non-finite values (NaN or Inf)");
+    e.shape = x.sizes().slice(1).vec();
+    const int64_t h = x.size(2), w = x.size(3);
     if (m.has_box) {
       e.box = m.box;
       SALIENT_CHECK(e.box[0] <= e.box[2] && e.box[1] <= e.box[3], where, ": box [", e.box[0], ", ", e.box[1], ", ",
@@ -161,7 +169,7 @@ int run_evaluate(const EvaluateArgs& a) {
   if (channels != 1) channels = 3;
   std::vector<Entry> entries = load_manifest(a.data, pre, static_cast<int>(channels));
   if (methods == std::vector<std::string>{"all"})
-    methods = suitable_methods(model, entries[0].x.sizes().slice(1).vec(), settings.layer);
+    methods = suitable_methods(model, entries[0].shape, settings.layer);
   // "all" means every metric the manifest allows: localisation needs a box or mask on
   // every line (asked for by name, a missing one is an error below).
   if (all_metrics) {
@@ -180,7 +188,7 @@ int run_evaluate(const EvaluateArgs& a) {
                     e.name, "' has neither");
   // Every target against the model's classes before any work: a bad line fails the run
   // at once, named, not after the images before it.
-  if (const at::Tensor probe = model.predict(entries[0].x); probe.dim() == 2)
+  if (const at::Tensor probe = model.predict(entries[0].load()); probe.dim() == 2)
     for (const auto& e : entries)
       SALIENT_CHECK(e.target < probe.size(1), e.where, ": target ", e.target, " out of range: the model has ",
                     probe.size(1), " classes (0..", probe.size(1) - 1, ")");
@@ -199,30 +207,31 @@ int run_evaluate(const EvaluateArgs& a) {
     const Entry& e = entries[i];
     // An error only this image's run meets (its size through the model, say) names its line.
     try {
-      at::Tensor out = model.predict(e.x);
+      const at::Tensor x = e.load();
+      at::Tensor out = model.predict(x);
       const int64_t predicted = out.argmax(1).item<int64_t>();
       const int64_t target = e.target >= 0 ? e.target : predicted;
       Target t = Target::per_sample({target});
       t.resolve(out);  // range check
-      auto maps = explain(model, e.x, methods, t, settings);
+      auto maps = explain(model, x, methods, t, settings);
       json row = {{"image", e.name}, {"target", target}, {"predicted", predicted}, {"methods", json::object()}};
       for (const auto& m : methods) {
         const at::Tensor& map = maps.at(m).map;
         json mj;
         if (metrics.count("deletion")) {
-          Curve c = deletion(model, e.x, map, t, curve);
+          Curve c = deletion(model, x, map, t, curve);
           mj["deletion"] = c.auc[0].item<double>();
           del_curves[m].push_back(c.scores[0]);
           fraction = c.fraction;
         }
         if (metrics.count("insertion")) {
-          Curve c = insertion(model, e.x, map, t, curve);
+          Curve c = insertion(model, x, map, t, curve);
           mj["insertion"] = c.auc[0].item<double>();
           ins_curves[m].push_back(c.scores[0]);
           fraction = c.fraction;
         }
         if (metrics.count("road")) {
-          RoadResult r = road(model, e.x, map, t, road_options);
+          RoadResult r = road(model, x, map, t, road_options);
           mj["road"] = r.combined[0].item<double>();
           mj["road_morf"] = r.morf_mean[0].item<double>();
           mj["road_lerf"] = r.lerf_mean[0].item<double>();
@@ -238,12 +247,12 @@ int run_evaluate(const EvaluateArgs& a) {
         if (metrics.count("energy"))
           mj["energy"] = e.has_mask ? energy_in_mask(map[0], e.mask, reduce) : energy_in_box(map[0], e.box, reduce);
         if (metrics.count("infidelity"))
-          mj["infidelity"] = infidelity(model, e.x, map, t, InfidelityOptions().precision(precision))[0].item<double>();
+          mj["infidelity"] = infidelity(model, x, map, t, InfidelityOptions().precision(precision))[0].item<double>();
         if (metrics.count("sensitivity")) {
           ExplainFn fn = [&](const Model& mm, const at::Tensor& xx, const Target& tt) {
             return explain(mm, xx, m, tt, settings);
           };
-          mj["sensitivity"] = max_sensitivity(model, e.x, fn, t).item<double>();
+          mj["sensitivity"] = max_sensitivity(model, x, fn, t).item<double>();
         }
         // Completeness: |sum(attr) - (F(x) - F(x'))|, for the methods that have it (IG).
         if (metrics.count("completeness") && maps.at(m).delta.defined())
@@ -270,10 +279,9 @@ int run_evaluate(const EvaluateArgs& a) {
     std::vector<at::Tensor> xs;
     std::vector<int64_t> targets;
     for (int64_t i = 0; i < k; ++i) {
-      SALIENT_CHECK(entries[i].x.sizes() == entries[0].x.sizes(), "sanity: the first ", k,
-                    " images must share one input size");
-      xs.push_back(entries[i].x);
-      targets.push_back(entries[i].target >= 0 ? entries[i].target : model.predict(entries[i].x).argmax(1).item<int64_t>());
+      SALIENT_CHECK(entries[i].shape == entries[0].shape, "sanity: the first ", k, " images must share one input size");
+      xs.push_back(entries[i].load());
+      targets.push_back(entries[i].target >= 0 ? entries[i].target : model.predict(xs.back()).argmax(1).item<int64_t>());
     }
     at::Tensor x = at::cat(xs);
     for (const auto& m : methods) {
