@@ -46,7 +46,7 @@ struct Options {
   int64_t rss_samples = 1000;
   bool skip_rss = false;
   bool rss_child = false;
-  std::string rss_method = "smoothgrad";  // in the child: smoothgrad | integrated_gradients | deletion
+  std::string rss_method = "smoothgrad";  // in the child: smoothgrad | integrated_gradients | deletion | rise
   std::string cli;                        // the salient binary, for the batch throughput rows
   bool skip_batch = false;
   bool default_malloc = false;  // glibc's defaults instead of salient::retain_freed_memory()
@@ -153,12 +153,12 @@ struct RssResult {
 };
 
 // In the child: load ResNet-50, then measure the peak RSS of one long SmoothGrad,
-// Integrated Gradients or deletion (forward-only rows) run.
+// Integrated Gradients, deletion or RISE (both forward-only rows) run.
 int rss_child(const Options& o) {
   salient::Model model = salient::Model::load((fs::path(o.models) / "resnet50.pt").string());
   at::Tensor x = at::randn({1, 3, 224, 224});
   RssResult r;
-  const bool forward_only = o.rss_method == "deletion";
+  const bool forward_only = o.rss_method == "deletion" || o.rss_method == "rise";
   r.per_sample = forward_only ? model.forward_bytes_per_sample({3, 224, 224}) : model.bytes_per_sample({3, 224, 224});
   r.chunk = forward_only ? salient::forward_chunk_rows(model, x, salient::SmoothGradOptions().memory_budget())
                          : salient::chunk_rows(model, x, salient::SmoothGradOptions().memory_budget());
@@ -166,7 +166,9 @@ int rss_child(const Options& o) {
   at::Tensor map = forward_only ? at::rand({1, 1, 224, 224}) : at::Tensor();
   r.before_kib = status_kib("VmRSS:");
   r.seconds = seconds([&] {
-    if (forward_only)  // rss_samples steps: that many + 1 forward-only rows
+    if (o.rss_method == "rise")  // rss_samples masks
+      salient::rise(model, x, salient::Target::index(3), salient::RiseOptions().n_masks(o.rss_samples));
+    else if (forward_only)  // rss_samples steps: that many + 1 forward-only rows
       salient::deletion(model, x, map, salient::Target::index(3),
                         salient::PerturbationCurveOptions().step_fraction(1.0 / static_cast<double>(o.rss_samples)));
     else if (o.rss_method == "integrated_gradients")
@@ -717,11 +719,11 @@ int main(int argc, char** argv) {
     const std::vector<BenchModel> models = bench_models(o);
     for (const BenchModel& bm : models) add(bench_model(bm.label, bm.path, bm.shape, o.repeats, bm.sizes));
 
-    // Peak memory of long SmoothGrad, Integrated Gradients and deletion runs with the default 1 GiB
+    // Peak memory of long SmoothGrad, Integrated Gradients, deletion and RISE runs with the default 1 GiB
     // budget, each in a fresh process (this one's heap holds the timing runs' memory).
     std::vector<std::pair<std::string, RssResult>> rss;
     if (!o.skip_rss)
-      for (const char* m : {"smoothgrad", "integrated_gradients", "deletion"}) {
+      for (const char* m : {"smoothgrad", "integrated_gradients", "deletion", "rise"}) {
         rss.emplace_back(m, rss_in_child(o, m));
         const RssResult& r = rss.back().second;
         std::cout << m << "-" << o.rss_samples << " on resnet50: peak RSS " << r.peak_kib / 1024
@@ -875,9 +877,11 @@ int main(int argc, char** argv) {
           return kv.second.peak_kib - kv.second.before_kib <= 1024 * 1024;
         });
         md << "\n" << (inside ? "All stay" : "Not all stay") << " inside the 1 GiB budget (peak minus before). "
-           << "Deletion's samples are its steps (one forward-only row each, plus the clean one). The per-sample estimate (every intermediate tensor of a functional copy of the graph, plus two of "
+           << "Deletion's samples are its steps (one forward-only row each, plus the clean one); RISE's are its masks, "
+              "which at 224x224 take 196 KiB each: past an eighth of the budget they are made chunk by chunk rather "
+              "than held. The per-sample estimate (every intermediate tensor of a functional copy of the graph, plus two of "
               "the largest for the backward's gradients) is an upper bound; the model's in-place ops are kept, so a run "
-              "holds less per sample than estimated. Deletion's rows run forward-only, so its estimate is "
+              "holds less per sample than estimated. Deletion's and RISE's rows run forward-only, so their estimate is "
               "Model::forward_bytes_per_sample (the most bytes alive at once over the graph's nodes, doubled, plus two "
               "copies of the input; docs/methods.md).\n";
       }
