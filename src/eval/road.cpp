@@ -346,15 +346,20 @@ class Imputer {
       }
   }
 
+  // Calls f(start, n) with each row's span of unknowns in channel c's plane.
+  template <typename F>
+  void rows(int c, F&& f) const {
+    const Level& L = levels_[0];
+    for (int64_t y = L.y0; y < L.y1; ++y) f(c * L.size() + L.at(y, L.xa[y]), L.xb[y] - L.xa[y]);
+  }
+
   // Per-row sums in 16 independent lanes so the compiler vectorises them; the rows add up
   // in double.
   double dot(const std::vector<float>& a, const std::vector<float>& e, int c) const {
-    const Level& f = levels_[0];
     double s = 0;
-    for (int64_t y = f.y0; y < f.y1; ++y) {
-      const float* pa = a.data() + c * f.size() + f.at(y, 0) + f.xa[y];
-      const float* pe = e.data() + c * f.size() + f.at(y, 0) + f.xa[y];
-      const int64_t n = f.xb[y] - f.xa[y];
+    rows(c, [&](int64_t b, int64_t n) {
+      const float* pa = a.data() + b;
+      const float* pe = e.data() + b;
       float acc[16] = {};
       int64_t x = 0;
       for (; x + 16 <= n; x += 16)
@@ -363,15 +368,8 @@ class Imputer {
       float row = 0;
       for (float v : acc) row += v;
       s += row;
-    }
+    });
     return s;
-  }
-
-  // Calls f(start, n) with each row's span of unknowns in channel c's plane.
-  template <typename F>
-  void rows(int c, F&& f) {
-    const Level& L = levels_[0];
-    for (int64_t y = L.y0; y < L.y1; ++y) f(c * L.size() + L.at(y, L.xa[y]), L.xb[y] - L.xa[y]);
   }
 
   // Each channel runs its own iteration (step sizes, stopping test); they share the

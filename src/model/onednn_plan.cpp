@@ -81,9 +81,7 @@ at::Tensor alloc(const memory::desc& md) {
 // this machine that took ResNet-50's occlusion from 0.57 to 1.04 of eager forwards).
 class BufferPool : public std::enable_shared_from_this<BufferPool> {
  public:
-  ~BufferPool() {
-    for (const auto& b : free_) std::free(b.second.p);
-  }
+  ~BufferPool() { release_free(); }
   size_t held() {
     std::lock_guard<std::mutex> lock(mu_);
     return held_;
