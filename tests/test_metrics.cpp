@@ -359,6 +359,28 @@ TEST(Road, ImputationIsExactThroughEveryLevelAndEachRowIsSolvedAsIfAlone) {
   }
 }
 
+TEST(Road, ImputationSolvesSetsWhoseCoarseSystemIsOnlySemiDefinite) {
+  // An unknown with no unknown neighbour at odd coordinates is interpolated from four
+  // coarse points, which then share it alone: their Galerkin system is singular (the
+  // coarsest level of 12x12 is 7x7, solved directly). Scattered sets, dense ones and a
+  // checkerboard of such pixels each equal their dense solution, finite everywhere.
+  const int64_t s = 12;
+  at::manual_seed(21);
+  at::Tensor img = at::rand({4, 1, s, s});
+  at::Tensor removed = at::zeros({4, s, s}, at::kBool);
+  for (int64_t y = 1; y < s; y += 4)
+    for (int64_t x = 1; x < s; x += 4) removed[0][y][x] = true;
+  removed[1] = at::rand({s, s}) < 0.1;
+  removed[2] = at::rand({s, s}) < 0.9;
+  removed[2][5][5] = false;
+  for (int64_t y = 1; y < s; y += 2)
+    for (int64_t x = 1; x < s; x += 2) removed[3][y][x] = true;
+  at::Tensor filled = salient::noisy_linear_imputation(img, removed, 0);
+  ASSERT_TRUE(at::isfinite(filled).all().item<bool>());
+  for (int64_t r = 0; r < 4; ++r)
+    EXPECT_TRUE(close(filled[r][0], dense_imputation(img[r][0], removed[r]), 1e-4, 0)) << r;
+}
+
 TEST(Road, TheTrueMaskBeatsRandomMapsBothWaysAndBatchedEqualsPerSample) {
   // A bright 4x4 object; logit 0 = sum of the object's pixels - 8. Removing the object
   // (MoRF) destroys the class evidence, keeping it to the end (LeRF) preserves it.
