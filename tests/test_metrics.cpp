@@ -318,7 +318,7 @@ TEST(Road, ImputationSolvesRongsSystemAndKeepsLinearRampsExact) {
 }
 
 TEST(Road, ImputationIsExactThroughEveryLevelAndEachRowIsSolvedAsIfAlone) {
-  // 40x52 runs the multigrid on four levels (40x52, 20x26, 10x13, 5x7). One batch, one
+  // 40x52 runs the multigrid on four levels (40x52, 21x27, 11x14, 6x8). One batch, one
   // thread, so the rows share a workspace, largest first: a disc with scattered pixels, a
   // band along the bottom border (its rows only), a single corner pixel. Each row equals
   // its dense solution and, bit for bit, the same row imputed alone.
