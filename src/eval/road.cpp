@@ -203,8 +203,9 @@ class Imputer {
     row_.resize(levels_.size() > 1 ? levels_[1].S : 0);
   }
 
-  // image, out: C planes of h*w values; writes the removed pixels of out.
-  void solve(const bool* removed, const float* image, float* out) {
+  // image, noise, out: C planes of h*w values; writes the removed pixels of out, the
+  // solution plus the noise there.
+  void solve(const bool* removed, const float* image, const float* noise, float* out) {
     Level& f = levels_[0];
     f.y0 = h_, f.y1 = 0;
     for (int64_t y = 0; y < h_; ++y)
@@ -258,8 +259,9 @@ class Imputer {
       for (int64_t y = f.y0; y < f.y1; ++y) {
         const float* __restrict a = f.act.data() + f.at(y, 0);
         const float* __restrict src = x_.data() + c * P + f.at(y, 0);
+        const float* __restrict nz = noise + c * plane + y * w_;
         float* __restrict dst = out + c * plane + y * w_;
-        for (int64_t x = f.xa[y]; x < f.xb[y]; ++x) dst[x] = a[x] != 0.f ? src[x] * scale[c] : dst[x];
+        for (int64_t x = f.xa[y]; x < f.xb[y]; ++x) dst[x] = a[x] != 0.f ? src[x] * scale[c] + nz[x] : dst[x];
       }
   }
 
@@ -576,7 +578,9 @@ at::Tensor impute(const at::Tensor& x, const at::Tensor& removed, const at::Tens
   at::Tensor xs = x.to(at::kFloat).contiguous();
   at::Tensor filled = xs.clone();
   at::Tensor rm = removed.to(at::kBool).contiguous();
+  at::Tensor nz = noise.to(at::kFloat).contiguous();
   const float* src = xs.data_ptr<float>();
+  const float* np = nz.data_ptr<float>();
   float* dst = filled.data_ptr<float>();
   const bool* rp = rm.data_ptr<bool>();
   // One system per row, shared by its channels. Rows differ in size many-fold (10% to 90%
@@ -592,18 +596,18 @@ at::Tensor impute(const at::Tensor& x, const at::Tensor& removed, const at::Tens
       Imputer<3> imputer(h, w);
       for (int64_t k = next++; k < b; k = next++) {
         const int64_t r = order[k].second;
-        imputer.solve(rp + r * h * w, src + r * c * h * w, dst + r * c * h * w);
+        imputer.solve(rp + r * h * w, src + r * c * h * w, np + r * c * h * w, dst + r * c * h * w);
       }
     } else {
       Imputer<1> imputer(h, w);
       for (int64_t k = next++; k < b; k = next++) {
         const int64_t r = order[k].second;
         for (int64_t ch = 0; ch < c; ++ch)
-          imputer.solve(rp + r * h * w, src + (r * c + ch) * h * w, dst + (r * c + ch) * h * w);
+          imputer.solve(rp + r * h * w, src + (r * c + ch) * h * w, np + (r * c + ch) * h * w, dst + (r * c + ch) * h * w);
       }
     }
   });
-  return at::where(removed.unsqueeze(1), filled + noise, xs);
+  return filled;
 }
 
 }  // namespace
