@@ -380,10 +380,6 @@ class Imputer {
         chol_[i * n + j] = v / d;
       }
     }
-    // The back substitution reads the factor by rows of its transpose.
-    chol_t_.assign(n * n, 0.0);
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t k = 0; k <= i; ++k) chol_t_[k * n + i] = chol_[i * n + k];
   }
 
   // out = A e, or with r given the residual r - A e.
@@ -408,10 +404,10 @@ class Imputer {
           for (int64_t k = 0; k < i; ++k) v -= chol_[i * n + k] * z[k];
           z[i] = chol_[i * n + i] != 0 ? v / chol_[i * n + i] : 0.0;
         }
+        // L^T z = y by columns of L^T, that is rows of L: each is read contiguously.
         for (int64_t i = n; i-- > 0;) {
-          double v = z[i];
-          for (int64_t k = i + 1; k < n; ++k) v -= chol_t_[i * n + k] * z[k];
-          z[i] = chol_[i * n + i] != 0 ? v / chol_[i * n + i] : 0.0;
+          z[i] = chol_[i * n + i] != 0 ? z[i] / chol_[i * n + i] : 0.0;
+          for (int64_t k = 0; k < i; ++k) z[k] -= chol_[i * n + k] * z[i];
         }
         for (int64_t i = 0; i < n; ++i) e[c * P + coarse_pt_[i]] = static_cast<float>(z[i]);
       }
@@ -566,7 +562,7 @@ class Imputer {
   std::vector<float> known_, b_, x_, p_, ap_;
   std::vector<float> row_;  // one coarse row: the vertical half of the interpolation
   std::vector<int64_t> coarse_pt_;
-  std::vector<double> chol_, chol_t_;
+  std::vector<double> chol_;
 };
 
 // Imputes rows x [B,C,H,W] at removed [B,H,W] (bool), adding noise [B,C,H,W] there.
